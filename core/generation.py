@@ -1,0 +1,143 @@
+"""The decode loop seam.
+
+The diagnoser asks one thing of generation: for a left-padded batch, the generated token ids,
+and (when the heatmap head needs them) the final hidden state that *predicted* each generated
+token plus the merged visual tokens of each image. Today this is transformers' ``generate``
+with two forward hooks; a faster decoder (CUDA graphs, speculative, vLLM) can replace
+`generate_batch` as long as it returns a `GenerationOutput`.
+
+Why hooks instead of ``output_hidden_states=True`` (what upstream does): that keeps every
+layer's states for every step (37 x T x D per image) only to read one position of the last
+layer. The hook on the final norm keeps [B, T, D] of the last layer alone, and the hook on the
+vision tower keeps the visual tokens the prefill already computed, so the head needs no second
+pass through either network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+class DiagnosisCancelled(RuntimeError):
+    """Generation was stopped by the caller's ``should_cancel`` hook (ComfyUI's interrupt)."""
+
+
+@dataclass
+class GenerationOutput:
+    """What one batched decode returns.
+
+    sequences: [B, T] generated ids (prompt excluded), padded after each row's end.
+    lengths:   generated tokens per row, the end-of-sequence token included.
+    states:    [B, T, D] with states[b, t] = final hidden state that predicted sequences[b, t]; or None.
+    visual:    per image, [h*w, D_vis] merged visual tokens in raster order; or None.
+    """
+
+    sequences: torch.Tensor
+    lengths: list[int]
+    states: torch.Tensor | None = None
+    visual: list[torch.Tensor] | None = None
+
+
+def _text_norm(model) -> torch.nn.Module:
+    lm = model.model.language_model if hasattr(model.model, "language_model") else model.model
+    return lm.norm
+
+
+def _visual(model) -> torch.nn.Module:
+    return model.model.visual if hasattr(model.model, "visual") else model.visual
+
+
+class _StepHook:
+    """Stopping criterion that reports progress and honours cancellation once per step."""
+
+    def __init__(self, progress: Callable[[int], None] | None, should_cancel: Callable[[], bool] | None):
+        self.progress, self.should_cancel, self.step, self.cancelled = progress, should_cancel, 0, False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.step += 1
+        if self.progress is not None:
+            self.progress(self.step)
+        if self.should_cancel is not None and self.should_cancel():
+            self.cancelled = True
+        return torch.full((input_ids.shape[0],), self.cancelled, dtype=torch.bool, device=input_ids.device)
+
+
+@torch.inference_mode()
+def generate_batch(
+    model,
+    inputs: dict,
+    *,
+    max_new_tokens: int,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    capture_states: bool = False,
+    capture_visual: bool = False,
+    progress: Callable[[int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> GenerationOutput:
+    """Decode a left-padded batch; see `GenerationOutput`. Raises `DiagnosisCancelled`."""
+    from transformers import StoppingCriteriaList
+
+    states: list[torch.Tensor] = []
+    visual: list[torch.Tensor] = []
+    handles = []
+    if capture_states:
+
+        def keep_state(_module, _args, output):
+            # Prefill: only the last position predicts a generated token. Decode: one position.
+            states.append(output[:, -1:, :].detach())
+
+        handles.append(_text_norm(model).register_forward_hook(keep_state))
+    if capture_visual:
+
+        def keep_visual(_module, _args, output):
+            merged = getattr(output, "pooler_output", None)
+            visual.append((merged if merged is not None else output).detach())
+
+        handles.append(_visual(model).register_forward_hook(keep_visual))
+    hook = _StepHook(progress, should_cancel)
+    gen_kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        eos_token_id=eos_token_ids,
+        pad_token_id=pad_token_id,
+        stopping_criteria=StoppingCriteriaList([hook]),
+        use_cache=True,
+    )
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    try:
+        devices = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = model.generate(**inputs, **gen_kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    if hook.cancelled:
+        raise DiagnosisCancelled("diagnosis cancelled")
+    prompt_len = inputs["input_ids"].shape[1]
+    seqs = out[:, prompt_len:]
+    lengths = []
+    eos = torch.tensor(eos_token_ids, device=seqs.device)
+    for row in seqs:
+        hits = torch.isin(row, eos).nonzero()
+        lengths.append(int(hits[0]) + 1 if len(hits) else int(row.shape[0]))
+    st = torch.cat(states, dim=1)[:, : seqs.shape[1]] if capture_states else None
+    vis = None
+    if capture_visual and visual:
+        grid = inputs["image_grid_thw"]
+        merge = _visual(model).spatial_merge_size
+        sizes = (grid.prod(-1) // merge**2).tolist()
+        vis = list(torch.split(visual[0], sizes))
+    return GenerationOutput(sequences=seqs, lengths=lengths, states=st, visual=vis)
