@@ -12,7 +12,7 @@ from .spec import In, NodeSpec, Out, Result
 FORMATS = ["imagedoctor", "sdg"]
 HEATMAP_CHOICES = ["artifact", "misalignment", "max"]
 LABEL_CHOICES = ["all", "artifact", "misalignment"]
-COLORMAPS = ["jet", "inferno", "viridis", "gray"]
+COLORMAPS = ["jet", "inferno", "gray"]  # core.render.COLORMAPS
 NO_SCORE = -1.0
 
 
@@ -72,11 +72,11 @@ def diagnose_node(model, images, prompt, format="imagedoctor", max_new_tokens=51
         raise ComfyInputError(f"input 'format' must be one of {FORMATS}, got {format!r}")
     prompts = split_prompts(prompt, imgs.shape[0], per_line_prompts)
     diags = run_diagnosis(model, imgs, prompts, format, max_new_tokens, seed, heatmaps)
-    from ..core import render
+    from ..core.render import overlay
     from ..core.select import scores_table
 
     pils = to_pil_list(imgs)
-    overlays = [render.overlay(p, d) for p, d in zip(pils, diags)]
+    overlays = [overlay(p, d) for p, d in zip(pils, diags)]
     table = scores_table(diags)
     first = diags[0].scores
     floats = tuple(NO_SCORE if first[n] is None else float(first[n])
@@ -94,24 +94,24 @@ def _paired(images, diagnosis):
 
 
 def heatmap_overlay_node(images, diagnosis, heatmap="max", alpha=0.5, colormap="jet"):
-    from ..core import render
+    from ..core.render import heatmap_overlay
 
     imgs, diags = _paired(images, diagnosis)
     if heatmap not in HEATMAP_CHOICES:
         raise ComfyInputError(f"input 'heatmap' must be one of {HEATMAP_CHOICES}, got {heatmap!r}")
-    out = [render.heatmap_overlay(p, _heatmap(d, heatmap), alpha=float(alpha), colormap=colormap)
+    out = [heatmap_overlay(p, _heatmap(d, heatmap), alpha=float(alpha), colormap=colormap)
            for p, d in zip(to_pil_list(imgs), diags)]
     return (from_images(out),)
 
 
 def boxes_overlay_node(images, diagnosis, min_importance=0, labels="all"):
-    from ..core import render
+    from ..core.render import draw_defects
 
     imgs, diags = _paired(images, diagnosis)
     if labels not in LABEL_CHOICES:
         raise ComfyInputError(f"input 'labels' must be one of {LABEL_CHOICES}, got {labels!r}")
     label_list = None if labels == "all" else [labels]
-    out = [render.draw_defects(p, d, min_importance=int(min_importance), labels=label_list)
+    out = [draw_defects(p, d, min_importance=int(min_importance), labels=label_list)
            for p, d in zip(to_pil_list(imgs), diags)]
     return (from_images(out),)
 

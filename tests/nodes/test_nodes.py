@@ -1,0 +1,247 @@
+"""Every node called the way ComfyUI calls it (V1 and V3), plus the bad-input matrix."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from imagedoctor.core.diagnosis import Diagnosis
+from imagedoctor.nodes import registry
+from imagedoctor.nodes.comfy_types import ComfyInputError
+from imagedoctor.nodes.models import DiagnosisModel
+from idoc_helpers import FakeVAE, call_v1, call_v3, make_diag
+
+IDS = sorted(registry.NODE_CLASS_MAPPINGS)
+
+
+def node(key):
+    return registry.NODE_CLASS_MAPPINGS["ImageDoctor" + key]
+
+
+# --------------------------------------------------------------------------- schema conventions
+def test_registry_exports_and_conventions():
+    import imagedoctor
+
+    assert imagedoctor.NODE_CLASS_MAPPINGS is registry.NODE_CLASS_MAPPINGS
+    assert set(registry.NODE_DISPLAY_NAME_MAPPINGS) == set(IDS) and len(IDS) == 9
+    assert registry.API == "v1"  # comfy_api not importable here -> classic classes
+    for key, cls in registry.NODE_CLASS_MAPPINGS.items():
+        assert cls.CATEGORY.startswith("ImageDoctor"), key
+        types = cls.INPUT_TYPES()
+        for section in types.values():
+            for name, spec in section.items():
+                assert spec[1].get("tooltip"), f"{key}.{name} has no tooltip"
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+
+
+def test_v3_classes_built_when_comfy_api_importable(v3_io):
+    from imagedoctor.nodes.spec import v3_io as probe
+
+    assert probe() is v3_io
+    classes, names = registry.build_mappings(v3_io)
+    for key, cls in classes.items():
+        assert issubclass(cls, v3_io.ComfyNode)
+        schema = cls.define_schema()
+        schema.validate()
+        assert schema.node_id == key and schema.category.startswith("ImageDoctor")
+        assert all(i.tooltip for i in schema.inputs)
+    diag = classes["ImageDoctorDiagnose"].define_schema()
+    assert [o.io_type for o in diag.outputs][:2] == ["DIAGNOSIS", "FLOAT"]
+
+
+# --------------------------------------------------------------------------- happy paths, V1 + V3
+@pytest.mark.parametrize("api", ["v1", "v3"])
+def test_best_of_n(api, batch, request):
+    images, diags = batch
+    before = images.clone()
+    if api == "v3":
+        io = request.getfixturevalue("v3_io")
+        cls = registry.build_mappings(io)[0]["ImageDoctorBestOfN"]
+        (best, idx, top, table), _ = call_v3(cls, images=images, diagnosis=diags, top_k=3)
+    else:
+        (best, idx, top, table), _ = call_v1(node("BestOfN"), images=images, diagnosis=diags, top_k=3)
+    assert idx == 1 and best.shape == (1, 48, 64, 3) and torch.equal(best[0], images[1])
+    assert top.shape[0] == 3 and torch.equal(top[1], images[3]) and torch.equal(top[2], images[2])
+    assert "rank" in table
+    assert torch.equal(images, before)
+    (_, idx2, _, _), _ = call_v1(node("BestOfN"), images=images, diagnosis=diags, criterion="defect_penalty",
+                                 penalty=0.5)
+    assert idx2 == 1
+
+
+def test_defect_mask_and_segs(batch):
+    images, diags = batch
+    (mask,), _ = call_v1(node("DefectMask"), diagnosis=diags, source="boxes")
+    assert mask.shape == (4, 48, 64) and mask[0, 10, 10] == 1 and mask[1].sum() == 0
+    (soft,), _ = call_v1(node("DefectMask"), diagnosis=diags, source="both", weighting="importance", grow=2,
+                         feather=3.0)
+    assert soft.shape == (4, 48, 64) and float(soft.max()) <= 1
+    (segs,), _ = call_v1(node("DefectsToSEGS"), image=images, diagnosis=diags, crop_factor=2.0)
+    (h, w), items = segs
+    assert (h, w) == (48, 64) and len(items) == 1
+    seg = items[0]
+    assert seg._fields == ("cropped_image", "cropped_mask", "confidence", "crop_region", "bbox", "label",
+                           "control_net_wrapper")
+    x0, y0, x1, y1 = seg.crop_region
+    assert seg.cropped_mask.shape == (y1 - y0, x1 - x0) and seg.cropped_image.shape == (1, y1 - y0, x1 - x0, 3)
+    assert seg.label == "artifact" and seg.confidence == pytest.approx(0.8) and seg.bbox == [4, 4, 20, 20]
+    (segs2,), _ = call_v1(node("DefectsToSEGS"), image=images, diagnosis=diags, batch_index=3, drop_size=12)
+    assert segs2[1] == []  # the 10px box is dropped
+
+
+def test_overlays(batch):
+    images, diags = batch
+    (hm,), _ = call_v1(node("HeatmapOverlay"), images=images, diagnosis=diags, heatmap="artifact", alpha=0.8)
+    assert hm.shape == images.shape and not torch.equal(hm, images)
+    (bx,), _ = call_v1(node("DefectBoxesOverlay"), images=images, diagnosis=diags, min_importance=50)
+    assert bx.shape == images.shape
+    assert torch.allclose(bx[1], images[1], atol=1 / 255)  # image 1 has no defects: unchanged
+    assert not torch.allclose(bx[0], images[0], atol=1 / 255)
+
+
+def test_save_diagnosis(comfy, batch):
+    _, diags = batch
+    (path,), ui = call_v1(node("SaveDiagnosis"), diagnosis=diags, filename_prefix="sub/run")
+    full = comfy.base / "output" / path
+    assert full.is_file() and path.startswith("sub")
+    data = json.loads(full.read_text())
+    assert len(data) == 4 and Diagnosis.from_dict(data[0]).defects[0].importance == 80
+    assert "saved 4" in ui["text"][0]
+    (path2,), _ = call_v1(node("SaveDiagnosis"), diagnosis=diags, filename_prefix="sub/run", heatmaps="none")
+    assert path2 != path and json.loads((comfy.base / "output" / path2).read_text())[0]["heatmaps"]["artifact"] is None
+
+
+def test_refine_node_through_comfy_sampler_interface(comfy, batch):
+    """The ComfyUI inpaint callable (VAE encode -> noise mask -> common_ksampler -> decode) inside
+    core.refine, with a programmatic diagnoser standing in for the model (fast, deterministic)."""
+    images, diags = batch
+
+    class Oracle:  # a Diagnoser-shaped object: scores improve as region (4..20) gets greyer
+        def diagnose(self, imgs, prompts, **kw):
+            out = []
+            for im in imgs:
+                dev = float((im[4:20, 4:20] - 0.5).abs().mean())
+                out.append(Diagnosis(64, 48, scores={"overall": max(0.0, 1 - dev)}, prompt=prompts[0]))
+            return out
+
+    dm = DiagnosisModel.from_diagnoser(Oracle())
+    cls = node("RefineDefects")
+    images1, diags1 = images[:1], diags[:1]
+    (out, final, log), _ = call_v1(cls, diagnosis_model=dm, image=images1, diagnosis=diags1, model=object(),
+                                   vae=FakeVAE(), positive=[], negative=[], guide_size=64, steps=2)
+    assert out.shape == images1.shape and "accepted" in log and final[0].scores.overall > 0.9
+    assert comfy.ksampler_calls and comfy.ksampler_calls[0]["steps"] == 2
+    assert not torch.equal(out, images1)
+
+
+# --------------------------------------------------------------------------- the tiny model
+@pytest.fixture
+def loaded(comfy, tiny_model_dir):
+    comfy.folder_paths.add_model_folder_path("imagedoctor", str(tiny_model_dir.parent))
+    return comfy
+
+
+def test_loader_lists_and_loads_lazily(loaded, tiny_model_dir):
+    cls = node("LoadDiagnosisModel")
+    options = cls.INPUT_TYPES()["required"]["model_name"][0]
+    assert tiny_model_dir.name in options
+    (dm,), _ = call_v1(cls, model_name=tiny_model_dir.name, dtype="fp32", keep_loaded=False)
+    assert isinstance(dm, DiagnosisModel) and not dm.loaded and dm.local_files_only
+    with pytest.raises(ComfyInputError, match="no model folder"):
+        call_v1(cls, model_name="nope")
+
+
+def test_diagnose_with_tiny_model(loaded, tiny_model_dir):
+    (dm,), _ = call_v1(node("LoadDiagnosisModel"), model_name=tiny_model_dir.name, dtype="fp32",
+                       keep_loaded=False)
+    images = torch.rand(2, 40, 56, 4)  # RGBA: converted
+    before = images.clone()
+    out, ui = call_v1(node("Diagnose"), model=dm, images=images, prompt="a cat\na dog", per_line_prompts=True,
+                      max_new_tokens=12, seed=3)
+    diags, a, b, c, o, table, mis, art, ov = out
+    assert len(diags) == 2 and diags[1].prompt == "a dog" and (diags[0].width, diags[0].height) == (56, 40)
+    assert mis.shape == art.shape == (2, 40, 56) and ov.shape == (2, 40, 56, 3)
+    assert all(v == -1.0 or 0 <= v <= 1 for v in (a, b, c, o))
+    assert table.count("\n") == 2
+    assert len(ui["images"]) == 2 and ui["text"] == [table]
+    assert loaded.progress and loaded.progress[-1].current > 0
+    assert not dm.loaded  # keep_loaded=False really unloads
+    assert torch.equal(images, before)
+
+
+def test_diagnose_interrupt(loaded, tiny_diagnoser):
+    dm = DiagnosisModel.from_diagnoser(tiny_diagnoser)
+    loaded.interrupted = True
+    mm = sys.modules["comfy.model_management"]
+    with pytest.raises(mm.InterruptProcessingException):
+        call_v1(node("Diagnose"), model=dm, images=torch.rand(1, 32, 32, 3), prompt="x", max_new_tokens=8)
+
+
+def test_diagnose_v3_with_tiny(v3_io, comfy, tiny_diagnoser):
+    cls = registry.build_mappings(v3_io)[0]["ImageDoctorDiagnose"]
+    args, ui = call_v3(cls, model=DiagnosisModel.from_diagnoser(tiny_diagnoser), images=torch.rand(1, 32, 40, 3),
+                       prompt="a cube", max_new_tokens=8)
+    assert len(args) == 9 and isinstance(args[0][0], Diagnosis) and "images" in ui
+
+
+# --------------------------------------------------------------------------- bad inputs
+def _bad_cases(images, diags):
+    B = images.shape[0]
+    nan = images.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    other = [make_diag(32, 32)] * B
+    return [
+        ("BestOfN", dict(images=images[0, :, :, 0], diagnosis=diags), "must be an IMAGE"),
+        ("BestOfN", dict(images=images[:0], diagnosis=diags), "empty batch"),
+        ("BestOfN", dict(images=images[:3], diagnosis=diags), "has 4 diagnoses"),
+        ("BestOfN", dict(images=nan, diagnosis=diags), "NaN"),
+        ("BestOfN", dict(images=images, diagnosis=other), "describes a 32x32"),
+        ("BestOfN", dict(images=images, diagnosis=[]), "empty DIAGNOSIS"),
+        ("BestOfN", dict(images=images, diagnosis="x"), "must be a DIAGNOSIS"),
+        ("BestOfN", dict(images=torch.rand(4, 48, 64, 5), diagnosis=diags), r"shape \[4, 48, 64, 5\]"),
+        ("HeatmapOverlay", dict(images=images[:3], diagnosis=diags), "has 4 diagnoses but the image batch has 3"),
+        ("HeatmapOverlay", dict(images=images, diagnosis=diags, heatmap="sky"), "heatmap"),
+        ("DefectBoxesOverlay", dict(images=torch.rand(4, 10, 10, 3), diagnosis=diags), "describes a 64x48"),
+        ("DefectMask", dict(diagnosis=[]), "empty DIAGNOSIS"),
+        ("DefectMask", dict(diagnosis=diags + [make_diag(32, 32)]), "different sizes"),
+        ("DefectMask", dict(diagnosis=diags, source="pixels"), "source"),
+        ("DefectsToSEGS", dict(image=images, diagnosis=diags, batch_index=9), "batch_index"),
+        ("DefectsToSEGS", dict(image=nan, diagnosis=diags), "NaN"),
+        ("SaveDiagnosis", dict(diagnosis=diags, filename_prefix="../x"), "relative"),
+        ("Diagnose", dict(model="m", images=images, prompt="x"), "DIAGNOSIS_MODEL"),
+        ("Diagnose", dict(model=DiagnosisModel("x"), images=images, prompt="a\nb", per_line_prompts=True),
+         "2 prompts but the image batch has 4"),
+        ("Diagnose", dict(model=DiagnosisModel("x"), images=images[:0], prompt="x"), "empty batch"),
+        ("Diagnose", dict(model=DiagnosisModel("x"), images=torch.rand(2, 3, 8), prompt="x"), "must be an IMAGE"),
+        ("Diagnose", dict(model=DiagnosisModel("x"), images=images, prompt=["a", "b"]), "2 prompts"),
+        ("RefineDefects", dict(diagnosis_model=DiagnosisModel("x"), image=images[:2], diagnosis=diags, model=None,
+                               vae=None, positive=[], negative=[]), "has 4 diagnoses but the image batch has 2"),
+        ("LoadDiagnosisModel", dict(model_name="x", dtype="int4"), "dtype"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(24))
+def test_bad_input_matrix(case, comfy, batch):
+    images, diags = batch
+    cases = _bad_cases(images, diags)
+    assert len(cases) == 24
+    key, kwargs, msg = cases[case]
+    with pytest.raises(ComfyInputError, match=msg):
+        call_v1(node(key), **kwargs)
+
+
+def test_mask_helper_bad_inputs():
+    from imagedoctor.nodes.comfy_types import mask_batch
+
+    assert mask_batch(torch.zeros(8, 9)).shape == (1, 8, 9)  # [H,W] accepted
+    assert mask_batch(torch.zeros(1, 8, 9), batch=3).shape == (3, 8, 9)
+    with pytest.raises(ComfyInputError, match="is 9x8"):
+        mask_batch(torch.zeros(2, 8, 9), size=(16, 16))
+    with pytest.raises(ComfyInputError, match="batch size 2"):
+        mask_batch(torch.zeros(2, 8, 9), batch=3)
+    with pytest.raises(ComfyInputError, match="NaN"):
+        mask_batch(torch.full((8, 9), float("nan")))
+    with pytest.raises(ComfyInputError, match="MASK"):
+        mask_batch(torch.zeros(1, 1, 8, 9))
