@@ -291,16 +291,19 @@ class Diagnoser:
                 image_dim=config.vision_config.out_hidden_size,
             )
             head = HeatmapHead(head_cfg)
-            result = head.load_state_dict(tensors, strict=False)
-            report.missing_head_keys = sorted(result.missing_keys)
-            report.unexpected_head_keys = sorted(result.unexpected_keys)
-            if report.missing_head_keys or report.unexpected_head_keys:
+            expected = head.state_dict()
+            report.missing_head_keys = sorted(set(expected) - set(tensors))
+            report.unexpected_head_keys = sorted(set(tensors) - set(expected))
+            wrong = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
+            if report.missing_head_keys or report.unexpected_head_keys or wrong:
                 raise ValueError(
                     f"{folder}: heatmap head weights do not match the head's shape: "
                     f"{len(report.missing_head_keys)} missing (e.g. {report.missing_head_keys[:3]}), "
-                    f"{len(report.unexpected_head_keys)} unexpected (e.g. {report.unexpected_head_keys[:3]}). "
+                    f"{len(report.unexpected_head_keys)} unexpected (e.g. {report.unexpected_head_keys[:3]}), "
+                    f"{len(wrong)} of another shape (e.g. {wrong[:3]}). "
                     "Check `heatmap_head` in config.json, or remove the head tensors to load without heatmaps."
                 )
+            head.load_state_dict(tensors, strict=True)
             head.to(device=device, dtype=torch_dtype).eval()
             report.has_head = True
             if None in task_ids.values():

@@ -56,8 +56,10 @@ def _load_list(answer: str, problems: list[str]) -> list[Any]:
             return [data]
     problems.append("answer is not valid JSON; read the objects one by one")
     items = []
-    for m in _OBJECT_RE.finditer(candidate):
-        for attempt in (m.group(0), m.group(0).replace("'", '"'), re.sub(r",\s*}", "}", m.group(0))):
+    for m in _OBJECT_RE.finditer(answer[start:]):  # the whole tail: a truncated list has no final ']'
+        obj = m.group(0)
+        no_comma = re.sub(r",\s*}", "}", obj)
+        for attempt in (obj, obj.replace("'", '"'), no_comma, no_comma.replace("'", '"')):
             try:
                 items.append(json.loads(attempt))
                 break
