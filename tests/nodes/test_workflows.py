@@ -1,0 +1,90 @@
+"""workflows/: every node type exists (ours or ComfyUI core's), input names and types are valid,
+links connect matching types; UI and API files agree with tests/nodes/build_workflows.py."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from build_workflows import ROOT, WORKFLOWS, build
+from comfy_core_nodes import is_widget, signatures
+
+SIGS = signatures()
+API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
+UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
+FILE_DEPENDENT = {("ImageDoctorLoadDiagnosisModel", "model_name"), ("LoadImage", "image"),
+                  ("CheckpointLoaderSimple", "ckpt_name")}
+PY_TYPES = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
+
+
+def test_four_scenarios_in_both_formats():
+    assert {p.stem for p in API_FILES} == {p.stem for p in UI_FILES} == set(WORKFLOWS)
+    assert len(WORKFLOWS) == 4
+
+
+def test_files_match_builder():
+    for path, text in build().items():
+        assert path.read_text() == text, f"{path} is stale: run python tests/nodes/build_workflows.py"
+
+
+def _check_widget(ctype, name, t, opts, value):
+    if (ctype, name) in FILE_DEPENDENT:
+        assert isinstance(value, str)
+        return
+    if isinstance(t, list):
+        assert value in t, f"{ctype}.{name}: {value!r} not in {t}"
+        return
+    assert isinstance(value, PY_TYPES[t]) and not (t != "BOOLEAN" and isinstance(value, bool)), \
+        f"{ctype}.{name}: {value!r} is not {t}"
+    if "min" in opts:
+        assert value >= opts["min"], f"{ctype}.{name} below min"
+    if "max" in opts:
+        assert value <= opts["max"], f"{ctype}.{name} above max"
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
+def test_api_workflow_valid(path):
+    graph = json.loads(path.read_text())
+    assert any(n["class_type"].startswith("ImageDoctor") for n in graph.values())
+    for nid, node in graph.items():
+        ctype = node["class_type"]
+        assert ctype in SIGS, f"node {nid}: unknown node type {ctype}"
+        sig = {name: (t, opts, optional) for name, t, opts, optional in SIGS[ctype]["inputs"]}
+        unknown = set(node["inputs"]) - set(sig)
+        assert not unknown, f"node {nid} ({ctype}): unknown inputs {unknown}"
+        for name, (t, opts, optional) in sig.items():
+            if name not in node["inputs"]:
+                assert optional, f"node {nid} ({ctype}): required input {name!r} missing"
+                continue
+            value = node["inputs"][name]
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                src = graph[value[0]]
+                out_type = SIGS[src["class_type"]]["outputs"][value[1]]
+                assert not is_widget(t) or t in PY_TYPES, f"{ctype}.{name} is a combo fed by a link"
+                assert out_type == t, f"node {nid} ({ctype}).{name} wants {t}, gets {out_type}"
+            else:
+                assert is_widget(t), f"node {nid} ({ctype}).{name} is a {t} socket but has a literal"
+                _check_widget(ctype, name, t, opts, value)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_valid(path):
+    wf = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert wf["last_node_id"] == max(nodes) and wf["last_link_id"] == len(wf["links"])
+    for n in wf["nodes"]:
+        assert n["type"] in SIGS, f"unknown node type {n['type']}"
+        sig = SIGS[n["type"]]
+        names = [i[0] for i in sig["inputs"]]
+        for inp in n["inputs"]:
+            assert inp["name"] in names
+        assert [o["type"] for o in n["outputs"]] == sig["outputs"]
+        n_widgets = sum(1 + (1 if (o.get("control_after_generate") or name == "seed") else 0)
+                        + (1 if n["type"] == "LoadImage" else 0)
+                        for name, t, o, _ in sig["inputs"] if is_widget(t))
+        assert len(n["widgets_values"]) == n_widgets, f"{n['type']}: widgets_values length"
+    for lid, src, sslot, dst, dslot, ltype in wf["links"]:
+        assert nodes[src]["outputs"][sslot]["type"] == ltype
+        assert lid in nodes[src]["outputs"][sslot]["links"]
+        target = nodes[dst]["inputs"][dslot]
+        assert target["link"] == lid and target["type"] == ltype, f"link {lid} type mismatch"
