@@ -272,7 +272,8 @@ def run_model(model: str | Path, data: str | Path, format: str = "auto", batch_s
               ) -> tuple[list[str], list[Diagnosis], list[Diagnosis], dict[str, Any]]:
     """Run the diagnoser at ``model`` over data set ``data``; returns ``(ids, preds, gts, info)``.
 
-    Images are fed ``chunk`` at a time (bounded memory), in batches of ``batch_size``.
+    Images are fed ``chunk`` at a time (bounded memory), in batches of ``batch_size``; the
+    diagnoser reports progress in decode steps, which the bar converts to images.
     """
     from .data import load_project_dataset, read_sdg30k
     from .diagnoser import Diagnoser  # the model stack is imported only here
@@ -297,7 +298,8 @@ def run_model(model: str | Path, data: str | Path, format: str = "auto", batch_s
             part = samples[start:start + chunk]
             out = dg.diagnose([s.load_image() for s in part], [s.prompt for s in part], format=diagnose_format,
                               max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              progress=lambda done, total, _o=start: update(_o + done, len(samples)))
+                              progress=lambda done, total, _o=start, _n=len(part):
+                              update(_o + int(_n * done / max(total, 1)), len(samples)))
             if len(out) != len(part):
                 raise RuntimeError(f"the diagnoser returned {len(out)} diagnoses for {len(part)} images")
             preds.extend(out)
