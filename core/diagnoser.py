@@ -440,6 +440,7 @@ class Diagnoser:
         prompts: str | Sequence[str],
         format: str | None = None,
         max_new_tokens: int = 1024,
+        min_new_tokens: int = 0,
         do_sample: bool = False,
         temperature: float = 0.7,
         top_p: float = 0.9,
@@ -458,6 +459,7 @@ class Diagnoser:
         scores without reasoning (its reward-scorer mode). ``progress(done, total)`` is called once
         per decode step (units: decode steps over all batches); ``should_cancel()`` is polled each step
         and raises `DiagnosisCancelled` when it returns True. Greedy unless ``do_sample``.
+        ``min_new_tokens`` forces a minimum length (benchmarks).
         """
         if self.model is None:
             raise RuntimeError("this Diagnoser was unloaded; load it again")
@@ -492,7 +494,7 @@ class Diagnoser:
             base = b * max_new_tokens
             step_cb = (lambda s, base=base: progress(base + s, total)) if progress else None
             out = generate_batch(
-                self.model, inputs, max_new_tokens=max_new_tokens, eos_token_ids=eos_ids, pad_token_id=tok.pad_token_id,
+                self.model, inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_token_ids=eos_ids, pad_token_id=tok.pad_token_id,
                 do_sample=do_sample, temperature=temperature, top_p=top_p,
                 seed=None if seed is None else seed + b, capture_states=want_maps, capture_visual=want_maps,
                 progress=step_cb, should_cancel=should_cancel,

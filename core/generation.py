@@ -71,6 +71,7 @@ def generate_batch(
     inputs: dict,
     *,
     max_new_tokens: int,
+    min_new_tokens: int = 0,
     eos_token_ids: list[int],
     pad_token_id: int,
     do_sample: bool = False,
@@ -105,6 +106,7 @@ def generate_batch(
     hook = _StepHook(progress, should_cancel)
     gen_kwargs = dict(
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens or None,
         do_sample=do_sample,
         eos_token_id=eos_token_ids,
         pad_token_id=pad_token_id,
