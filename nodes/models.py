@@ -40,6 +40,7 @@ class DiagnosisModel:
         self.keep_loaded, self.local_files_only = bool(keep_loaded), bool(local_files_only)
         self._dg = diagnoser
         self._lock = threading.RLock()
+        self._depth = 0  # nested sessions (Refine Defects re-diagnoses inside its own session)
 
     @classmethod
     def from_diagnoser(cls, diagnoser: Any, keep_loaded: bool = True) -> "DiagnosisModel":
@@ -74,11 +75,15 @@ class DiagnosisModel:
     @contextlib.contextmanager
     def session(self):
         """Yield a loaded Diagnoser; unload afterwards unless ``keep_loaded``."""
+        with self._lock:
+            self._depth += 1
         try:
             yield self.get()
         finally:
-            if not self.keep_loaded:
-                self.unload()
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0 and not self.keep_loaded:
+                    self.unload()
 
     def __repr__(self) -> str:
         return f"DiagnosisModel({self.source!r}, dtype={self.dtype}, attention={self.attention}, loaded={self.loaded})"

@@ -245,3 +245,28 @@ def test_mask_helper_bad_inputs():
         mask_batch(torch.full((8, 9), float("nan")))
     with pytest.raises(ComfyInputError, match="MASK"):
         mask_batch(torch.zeros(1, 1, 8, 9))
+
+
+def test_keep_loaded_sessions_nest(loaded, tiny_model_dir):
+    (dm,), _ = call_v1(node("LoadDiagnosisModel"), model_name=tiny_model_dir.name, dtype="fp32", keep_loaded=False)
+    with dm.session() as outer:
+        with dm.session() as inner:
+            assert inner is outer
+        assert dm.loaded  # the inner session must not unload under the outer one
+    assert not dm.loaded
+    (kept,), _ = call_v1(node("LoadDiagnosisModel"), model_name=tiny_model_dir.name, dtype="fp32", keep_loaded=True)
+    with kept.session():
+        pass
+    assert kept.loaded
+    kept.unload()
+    assert not kept.loaded
+
+
+def test_refine_node_with_tiny_diagnoser(comfy, tiny_diagnoser, batch):
+    images, diags = batch
+    dm = DiagnosisModel.from_diagnoser(tiny_diagnoser)
+    (out, final, log), _ = call_v1(node("RefineDefects"), diagnosis_model=dm, image=images[:1], diagnosis=diags[:1],
+                                   model=object(), vae=FakeVAE(), positive=[], negative=[], guide_size=64, steps=1)
+    assert out.shape == (1, 48, 64, 3) and len(final) == 1 and "region 1/1" in log
+    # the random tiny model gives no overall score, so nothing can be verified as better: rejected
+    assert "rejected" in log and torch.equal(out, images[:1])
