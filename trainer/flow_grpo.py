@@ -398,6 +398,8 @@ def _group_mean_std(values: torch.Tensor, index: torch.Tensor, groups: int) -> t
 def group_advantages(rewards: torch.Tensor, group_ids, eps: float = 1e-4, clip: float | None = 5.0) -> torch.Tensor:
     """Per-prompt group normalisation ``(r - mean_g) / (std_g + eps)``, clipped to ``+-clip``.
 
+    A group whose rewards are all equal gets advantage 0.
+
     rewards: ``[B]``; group_ids: ``[B]`` hashables (e.g. the prompts). Returns ``[B]`` float32.
     """
     rewards = torch.as_tensor(rewards, dtype=torch.float32)
@@ -405,7 +407,8 @@ def group_advantages(rewards: torch.Tensor, group_ids, eps: float = 1e-4, clip: 
         raise ValueError(f"scalar rewards must be [B], got {tuple(rewards.shape)}")
     index, groups = _group_index(group_ids)
     mean, std = _group_mean_std(rewards, index, groups)
-    adv = (rewards - mean) / (std + eps)
+    centred = rewards - mean
+    adv = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))  # identical rewards: no signal
     return adv.clamp(-clip, clip) if clip else adv
 
 

@@ -502,3 +502,47 @@ def _adapters_disabled(transformer):
 
 
 __all__ = ["FlowGRPOTrainer", "load_pipeline", "read_prompts", "save_checkpoint", "find_checkpoint"]
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: python -m imagedoctor.trainer flow-grpo --config CONFIG.yaml
+# --------------------------------------------------------------------------------------------
+def add_config_arguments(parser) -> None:
+    """``--config``, ``--set KEY=VALUE``, ``--resume`` and ``--help-config`` (shared with sft-generator)."""
+    parser.add_argument("--config", help="YAML config (flat mapping of config keys; see docs/training-generator.md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (value parsed as YAML); repeatable")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                        help="continue from the newest checkpoint in output_dir (or the given folder)")
+    parser.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
+
+
+def config_from_args(args, cls):
+    """Validated config from ``--config`` + ``--set`` (raises `ConfigError` before any model loads)."""
+    from .generator_config import load_config, parse_override
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    if not args.config and not overrides:
+        raise ConfigError("no config given. Fix: pass --config CONFIG.yaml (see docs/training-generator.md)")
+    return load_config(args.config, cls, overrides)
+
+
+def _run(args) -> int:
+    if args.help_config:
+        print(FlowGRPOConfig.help_text())
+        return 0
+    config = config_from_args(args, FlowGRPOConfig)
+    trainer = FlowGRPOTrainer(config)
+    trainer.train(resume=args.resume)
+    if trainer.accelerator.is_main_process:
+        print(f"LoRA written to {Path(config.output_dir) / config.export_name}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "flow-grpo", help="Flow-GRPO / DenseFlow / BoxFlow LoRA training of an SD3 or FLUX generator",
+        description="Reinforcement fine-tuning of a flow-matching text-to-image model (LoRA) with "
+                    "scalar, heatmap (DenseFlow) or box (BoxFlow) rewards.")
+    add_config_arguments(parser)
+    parser.set_defaults(func=_run)
