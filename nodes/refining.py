@@ -61,7 +61,7 @@ def comfy_inpaint(model, vae, positive, negative, seed, steps, cfg, sampler_name
 def refine_node(diagnosis_model, image, diagnosis, model, vae, positive, negative, seed=0, steps=20, cfg=7.0,
                 sampler_name="euler", scheduler="normal", denoise=0.6, score="overall", rounds=1, context=1.5,
                 guide_size=512, feather=-1.0, color_match=True, min_importance=0, labels="all", max_regions=8,
-                prompt=""):
+                max_new_tokens=512, prompt=""):
     from .analysis import run_diagnosis
     from .models import DiagnosisModel
 
@@ -85,7 +85,8 @@ def refine_node(diagnosis_model, image, diagnosis, model, vae, positive, negativ
             def rediagnose(arr, text=text, fmt=fmt):
                 import torch
 
-                return run_diagnosis(diagnosis_model, torch.from_numpy(arr)[None], [text], fmt, 512, seed)[0]
+                return run_diagnosis(diagnosis_model, torch.from_numpy(arr)[None], [text], fmt, max_new_tokens,
+                                     seed)[0]
 
             progress = comfy_env.progress_bar(max(1, len(d.defects)))
             try:
@@ -141,6 +142,7 @@ REFINE = NodeSpec(
         In("labels", "COMBO", "Which defect labels to refine.", options=["all", "artifact", "misalignment"],
            default="all"),
         In("max_regions", "INT", "At most this many regions per round (0 = all).", default=8, min=0, max=256),
+        In("max_new_tokens", "INT", "Token budget of each re-diagnosis.", default=512, min=16, max=4096, step=16),
         In("prompt", "STRING", "Prompt for re-diagnosis (empty: the prompt stored in the diagnosis).",
            default="", optional=True),
     ],

@@ -97,7 +97,7 @@ WORKFLOWS = {
             "positive": [3, 0], "negative": [4, 0], "seed": 0, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
             "scheduler": "normal", "denoise": 0.6, "score": "overall", "rounds": 2, "context": 1.5,
             "guide_size": 512, "feather": -1.0, "color_match": True, "min_importance": 0, "labels": "all",
-            "max_regions": 8, "prompt": ""}),
+            "max_regions": 8, "max_new_tokens": 512, "prompt": ""}),
         8: ("SaveImage", {"images": [7, 0], "filename_prefix": "ImageDoctor/refined"}),
         9: ("ImageDoctorSaveDiagnosis", {"diagnosis": [7, 1], "filename_prefix": "ImageDoctor/refined",
                                          "heatmaps": "png8"}),

@@ -266,7 +266,8 @@ def test_refine_node_with_tiny_diagnoser(comfy, tiny_diagnoser, batch):
     images, diags = batch
     dm = DiagnosisModel.from_diagnoser(tiny_diagnoser)
     (out, final, log), _ = call_v1(node("RefineDefects"), diagnosis_model=dm, image=images[:1], diagnosis=diags[:1],
-                                   model=object(), vae=FakeVAE(), positive=[], negative=[], guide_size=64, steps=1)
+                                   model=object(), vae=FakeVAE(), positive=[], negative=[], guide_size=64, steps=1,
+                                   max_new_tokens=16)
     assert out.shape == (1, 48, 64, 3) and len(final) == 1 and "region 1/1" in log
     # the random tiny model gives no overall score, so nothing can be verified as better: rejected
     assert "rejected" in log and torch.equal(out, images[:1])
