@@ -160,3 +160,14 @@ def test_sdg30k_unknown_size_is_skipped(tmp_path):
     path.write_text(json.dumps({"image": "a.png", "prompt": "p", "defects": []}) + "\n")
     with pytest.raises(DatasetError, match="image size unknown"):
         list(read_sdg30k(path, strict=True))
+
+
+def test_corrupt_image_file_is_skipped(tmp_path):
+    root = write_project_dataset(tmp_path / "ds", [make_sample("a"), make_sample("b")])
+    (root / "images" / "b.png").write_bytes(b"not a png at all")
+    with pytest.warns(UserWarning, match="skipped 1 sample"):
+        ds = load_project_dataset(root)
+    assert [s.id for s in ds] == ["a"] and ds.report.skipped == {"invalid": 1}
+    assert "cannot be read" in ds.report.messages[0]
+    with pytest.raises(DatasetError, match="cannot be read"):
+        load_project_dataset(root, strict=True)
