@@ -19,7 +19,6 @@ data set folder (`imagedoctor.core.data.project`).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys

@@ -1,7 +1,6 @@
 """TFRecord framing, tf.train.Example decoding and the RichHF-18K reader (no TensorFlow)."""
 
 import io
-import struct
 
 import numpy as np
 import pytest
