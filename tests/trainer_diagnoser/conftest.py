@@ -1,0 +1,70 @@
+"""Fixtures of the diagnoser-trainer tests: a small synthetic defect data set in the project format.
+
+Each image is a grey canvas with one coloured square (the "artifact") and sometimes a second,
+hollow square (the "misalignment"). Scores are functions of what is visible (square colour,
+size, presence of the hollow square), so a model that looks at the image can predict them;
+heatmaps are 1 inside the squares. Images have three different sizes to exercise padding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+SIZES = ((112, 112), (112, 84), (84, 112))
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
+
+
+def make_sample(i: int, rng: np.random.RandomState):
+    from PIL import Image, ImageDraw
+
+    from imagedoctor.core.data import Sample
+    from imagedoctor.core.diagnosis import Defect, Diagnosis
+
+    w, h = SIZES[i % len(SIZES)]
+    name = list(COLOURS)[rng.randint(len(COLOURS))]
+    side = int(rng.randint(20, 44))
+    x0, y0 = int(rng.randint(0, w - side)), int(rng.randint(0, h - side))
+    img = Image.new("RGB", (w, h), (128, 128, 128))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([x0, y0, x0 + side - 1, y0 + side - 1], fill=COLOURS[name])
+    art = np.zeros((h, w), np.float32)
+    art[y0 : y0 + side, x0 : x0 + side] = 1.0
+    mis = np.zeros((h, w), np.float32)
+    defects = [Defect((x0, y0, x0 + side, y0 + side), "artifact", "warped square", 60)]
+    hollow = bool(rng.rand() < 0.5)
+    if hollow:
+        s2 = 16
+        mx, my = (w - s2 - 2, 2) if x0 < w / 2 else (2, h - s2 - 2)
+        draw.rectangle([mx, my, mx + s2 - 1, my + s2 - 1], outline=(255, 255, 255), width=3)
+        mis[my : my + s2, mx : mx + s2] = 1.0
+        defects.append(Defect((mx, my, mx + s2, my + s2), "misalignment", "extra box", 40))
+    scores = {
+        "alignment": 0.3 if hollow else 0.8,
+        "aesthetics": {"red": 0.2, "green": 0.5, "blue": 0.8}[name],
+        "plausibility": round(0.9 - (side - 20) / 24 * 0.6, 1),
+        "overall": {"red": 0.3, "green": 0.5, "blue": 0.7}[name] - (0.1 if hollow else 0.0),
+    }
+    scores = {k: round(float(v), 1) for k, v in scores.items()}
+    prompt = f"a {name} square"
+    gt = Diagnosis(width=w, height=h, scores=scores, defects=defects, prompt=prompt,
+                   heatmaps={"misalignment": mis, "artifact": art}, format="ground_truth")
+    return Sample(f"s{i:04d}", None, prompt, gt, image=img)
+
+
+def write_synthetic(root, n: int, seed: int):
+    from imagedoctor.core.data import write_project_dataset
+
+    rng = np.random.RandomState(seed)
+    write_project_dataset(root, [make_sample(i, rng) for i in range(n)], overwrite=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_train(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("data") / "train", 48, seed=1)
+
+
+@pytest.fixture(scope="session")
+def synth_eval(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("data") / "eval", 12, seed=2)
