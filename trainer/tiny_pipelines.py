@@ -97,6 +97,7 @@ def _vae(seed: int, shift_factor: float | None):
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, sample_size=32,
         scaling_factor=1.0, shift_factor=shift_factor, use_quant_conv=False, use_post_quant_conv=False,
+        mid_block_add_attention=False,  # a convolutional VAE keeps image locations tied to latent cells
     ).eval()
 
 
