@@ -1,10 +1,11 @@
-"""Save Diagnosis: JSON next to the image outputs."""
+"""Save Diagnosis (JSON next to the image outputs) and Load Diagnosis (the inverse)."""
 
 from __future__ import annotations
 
+import json
 import os
 
-from ..core.diagnosis import HEATMAP_ENCODINGS, diagnoses_to_json
+from ..core.diagnosis import HEATMAP_ENCODINGS, Diagnosis, DiagnosisSchemaError, diagnoses_to_json
 from . import comfy_env
 from .comfy_types import DIAGNOSIS, ComfyInputError, diagnoses
 from .spec import In, NodeSpec, Out, Result
@@ -42,4 +43,52 @@ SAVE = NodeSpec(
     output_node=True,
 )
 
-SPECS = [SAVE]
+
+
+def _allowed_roots() -> list[str]:
+    fp = comfy_env.folder_paths()
+    if fp is None:
+        return [os.path.abspath(os.environ.get("IMAGEDOCTOR_OUTPUT", "output"))]
+    return [os.path.abspath(fp.get_output_directory()), os.path.abspath(fp.get_input_directory())]
+
+
+def load_node(source):
+    """``source``: diagnosis JSON text (an object or a list), or a file name relative to ComfyUI's
+    output or input folder (what Save Diagnosis returns)."""
+    text = (source or "").strip()
+    if not text:
+        raise ComfyInputError("input 'source' is empty: paste diagnosis JSON or give a saved file name")
+    if not text.startswith(("{", "[")):
+        for root in _allowed_roots():
+            path = os.path.abspath(os.path.join(root, text))
+            if os.path.commonpath([root, path]) == root and os.path.isfile(path):
+                with open(path, encoding="utf-8") as fh:
+                    text = fh.read()
+                break
+        else:
+            raise ComfyInputError(f"input 'source': no file {text!r} in the output or input folder")
+    try:
+        data = json.loads(text)
+        items = data if isinstance(data, list) else [data]
+        diags = [Diagnosis.from_dict(d) for d in items]
+    except (json.JSONDecodeError, DiagnosisSchemaError) as exc:
+        raise ComfyInputError(f"input 'source' is not valid diagnosis JSON: {exc}") from exc
+    if not diags:
+        raise ComfyInputError("input 'source' holds an empty list of diagnoses")
+    return (diags,)
+
+
+LOAD = NodeSpec(
+    key="LoadDiagnosis",
+    display="Load Diagnosis",
+    subcategory="",
+    description="Read diagnoses saved by Save Diagnosis (or any imagedoctor.diagnosis/1 JSON) back into a DIAGNOSIS.",
+    inputs=[
+        In("source", "STRING", "Diagnosis JSON (object or list), or a file name relative to the output or input "
+           "folder, e.g. ImageDoctor/diagnosis_00001_.json.", default="", multiline=True),
+    ],
+    outputs=[Out("diagnosis", DIAGNOSIS, "The loaded diagnoses (one per image).")],
+    fn=load_node,
+)
+
+SPECS = [SAVE, LOAD]

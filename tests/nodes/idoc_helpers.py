@@ -23,6 +23,7 @@ def make_folder_paths(base: Path) -> types.ModuleType:
     fp.folder_names_and_paths = {}
     (base / "temp").mkdir(parents=True, exist_ok=True)
     (base / "output").mkdir(parents=True, exist_ok=True)
+    (base / "input").mkdir(parents=True, exist_ok=True)
 
     def add_model_folder_path(name, path, is_default=False):
         paths, exts = fp.folder_names_and_paths.setdefault(name, ([], set()))
@@ -45,6 +46,7 @@ def make_folder_paths(base: Path) -> types.ModuleType:
     fp.get_save_image_path = get_save_image_path
     fp.get_temp_directory = lambda: str(base / "temp")
     fp.get_output_directory = lambda: str(base / "output")
+    fp.get_input_directory = lambda: str(base / "input")
     return fp
 
 

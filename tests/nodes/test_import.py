@@ -35,11 +35,11 @@ def _probe(mode):
 def test_import_as_package_is_light():
     r = _probe("package")
     assert r["heavy"] == [], f"importing the pack pulled in {r['heavy']}"
-    assert r["nodes"] == 9
+    assert r["nodes"] == 10
     assert r["seconds"] < 2.0, f"pack import took {r['seconds']:.2f}s"
 
 
 def test_import_as_comfyui_custom_node_folder():
     r = _probe("comfyui")
-    assert r["heavy"] == [] and r["nodes"] == 9
+    assert r["heavy"] == [] and r["nodes"] == 10
     assert r["seconds"] < 2.0

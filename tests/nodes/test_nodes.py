@@ -25,7 +25,7 @@ def test_registry_exports_and_conventions():
     import imagedoctor
 
     assert imagedoctor.NODE_CLASS_MAPPINGS is registry.NODE_CLASS_MAPPINGS
-    assert set(registry.NODE_DISPLAY_NAME_MAPPINGS) == set(IDS) and len(IDS) == 9
+    assert set(registry.NODE_DISPLAY_NAME_MAPPINGS) == set(IDS) and len(IDS) == 10
     assert registry.API == "v1"  # comfy_api not importable here -> classic classes
     for key, cls in registry.NODE_CLASS_MAPPINGS.items():
         assert cls.CATEGORY.startswith("ImageDoctor"), key
@@ -111,6 +111,11 @@ def test_save_diagnosis(comfy, batch):
     assert "saved 4" in ui["text"][0]
     (path2,), _ = call_v1(node("SaveDiagnosis"), diagnosis=diags, filename_prefix="sub/run", heatmaps="none")
     assert path2 != path and json.loads((comfy.base / "output" / path2).read_text())[0]["heatmaps"]["artifact"] is None
+    (back,), _ = call_v1(node("LoadDiagnosis"), source=path)  # round trip through the file
+    assert len(back) == 4
+    assert back[0].defects == diags[0].defects and back[2].scores == diags[2].scores
+    (one,), _ = call_v1(node("LoadDiagnosis"), source=diags[1].to_json())
+    assert len(one) == 1 and one[0].scores.overall == 0.9
 
 
 def test_refine_node_through_comfy_sampler_interface(comfy, batch):
@@ -219,14 +224,17 @@ def _bad_cases(images, diags):
         ("RefineDefects", dict(diagnosis_model=DiagnosisModel("x"), image=images[:2], diagnosis=diags, model=None,
                                vae=None, positive=[], negative=[]), "has 4 diagnoses but the image batch has 2"),
         ("LoadDiagnosisModel", dict(model_name="x", dtype="int4"), "dtype"),
+        ("LoadDiagnosis", dict(source="../../etc/passwd"), "no file"),
+        ("LoadDiagnosis", dict(source='{"schema": "other/1"}'), "not valid diagnosis JSON"),
+        ("LoadDiagnosis", dict(source="[]"), "empty list"),
     ]
 
 
-@pytest.mark.parametrize("case", range(24))
+@pytest.mark.parametrize("case", range(27))
 def test_bad_input_matrix(case, comfy, batch):
     images, diags = batch
     cases = _bad_cases(images, diags)
-    assert len(cases) == 24
+    assert len(cases) == 27
     key, kwargs, msg = cases[case]
     with pytest.raises(ComfyInputError, match=msg):
         call_v1(node(key), **kwargs)
