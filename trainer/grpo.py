@@ -80,8 +80,9 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     else:
         loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
     clipped = ((ratio - 1).abs() > epsilon).to(mask.dtype)
-    stats = {"kl": float((kl * mask).sum() / mask.sum().clamp(min=1)),
-             "clip_fraction": float((clipped * mask).sum() / mask.sum().clamp(min=1))}
+    with torch.no_grad():
+        stats = {"kl": float((kl * mask).sum() / mask.sum().clamp(min=1)),
+                 "clip_fraction": float((clipped * mask).sum() / mask.sum().clamp(min=1))}
     return loss, stats
 
 
@@ -254,19 +255,21 @@ class GRPOTrainer:
             logged[f"train/reward_{name}"] = float(np.mean(values))
         return logged
 
-    def evaluate(self, examples: Sequence[Example] | None = None) -> dict[str, float]:
-        """Mean reward of greedy rollouts on held-out examples (per reward and total)."""
+    def evaluate(self, examples: Sequence[Example] | None = None, num_samples: int = 1,
+                 do_sample: bool = False) -> dict[str, float]:
+        """Mean reward on held-out examples (per reward and total): greedy rollouts by default, or
+        ``num_samples`` sampled rollouts per example (fixed seed: the policy's expected reward)."""
         examples = self.eval_examples if examples is None else examples
         if not examples:
             return {}
         totals, parts, n = 0.0, {}, 0
         for i in range(0, len(examples), self.cfg.batch_size):
             chunk = list(examples[i : i + self.cfg.batch_size])
-            roll = self.rollout(chunk, 1, False, seed=self.cfg.seed)
+            roll = self.rollout(chunk, num_samples, do_sample, seed=self.cfg.seed + 7 + i)
             totals += float(roll["rewards"].sum())
             for k, v in roll["parts"].items():
                 parts[k] = parts.get(k, 0.0) + float(np.sum(v))
-            n += len(chunk)
+            n += len(roll["diagnoses"])
         return {"eval/reward": totals / n, **{f"eval/reward_{k}": v / n for k, v in parts.items()}}
 
     def train(self) -> dict[str, Any]:

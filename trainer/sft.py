@@ -423,7 +423,11 @@ def evaluate_sft(dg: Diagnoser, module: DiagnoserSFTModule, examples: Sequence[E
                             max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.batch_size, heatmaps=False,
                             think=cfg.think, image_area=cfg.image_area)
         corr = score_correlations([d.scores for d in diags], [e.gt.scores for e in examples])
-        result["eval/score_plcc"] = float(corr["average"]["plcc"])
+        # a dimension that is never read, or constant, has no correlation: it counts as 0
+        plcc = [corr["per_dim"][k]["plcc"] for k in corr["per_dim"]]
+        result["eval/score_plcc"] = float(np.mean([v if math.isfinite(v) else 0.0 for v in plcc]))
+        for k in corr["per_dim"]:
+            result[f"eval/plcc_{k}"] = float(corr["per_dim"][k]["plcc"])
         result["eval/scores_parsed"] = float(np.mean([len(d.scores.present()) / 4 for d in diags]))
     module.train(was_training)
     return result

@@ -68,3 +68,35 @@ def synth_train(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synth_eval(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("data") / "eval", 12, seed=2)
+
+
+def sft_config(model, train, eval_dir, out, **overrides):
+    """A CPU-sized SFT config for the tiny model and the synthetic set."""
+    from imagedoctor.trainer.diagnoser_config import SFTConfig
+
+    kwargs = dict(model=str(model), data=str(train), eval_data=str(eval_dir), output_dir=str(out), stage="scores",
+                  heatmap_weight=0.0, image_area=112 * 112, finetuning="full", learning_rate=3e-3,
+                  head_learning_rate=3e-3, max_steps=80, batch_size=4, heatmap_size=64, save_steps=0,
+                  report_to="none", progress_bar=False, eval_max_new_tokens=64, logging_steps=10, seed=0)
+    kwargs.update(overrides)
+    return SFTConfig(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def sft_scores_run(tiny_model_dir, synth_train, synth_eval, tmp_path_factory):
+    """Cold-start stage 1 (scores only, full fine-tune) on the synthetic set: (before, result)."""
+    from imagedoctor.trainer.sft import SFTTrainer
+
+    cfg = sft_config(tiny_model_dir, synth_train, synth_eval, tmp_path_factory.mktemp("sft-scores"))
+    probe = SFTTrainer(cfg)
+    probe._setup()
+    before = probe.evaluate()
+    del probe
+    result = SFTTrainer(cfg).train()
+    return before, result
+
+
+@pytest.fixture(scope="session")
+def make_sft_config():
+    """`sft_config` as a fixture (test modules cannot import conftest)."""
+    return sft_config

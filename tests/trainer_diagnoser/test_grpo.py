@@ -1,0 +1,76 @@
+"""GRPO: advantages and loss on hand-made tensors, learning on held-out samples, SDG smoke run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imagedoctor.trainer.diagnoser_config import GRPOConfig
+from imagedoctor.trainer.grpo import GRPOTrainer, group_advantages, policy_loss
+
+
+def test_group_advantages_are_per_group():
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0, 5.0, 5.0])
+    adv = group_advantages(r, 2)
+    assert adv[:4].tolist() == pytest.approx([1.0, -1.0, 1.0, -1.0], abs=1e-3)
+    assert adv[4:].tolist() == [0.0, 0.0]  # identical rewards: no signal
+    assert group_advantages(r, 2, scale=False)[:2].tolist() == [0.5, -0.5]
+
+
+def test_policy_loss_clip_kl_and_normalisation():
+    logp = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    mask = torch.tensor([[1, 1], [1, 0]])
+    adv = torch.tensor([1.0, -1.0])
+    loss, stats = policy_loss(logp, logp, adv, mask, epsilon=0.2)
+    # ratio 1: token mean of -A over 3 tokens = -(1 + 1 - 1)/3
+    assert float(loss) == pytest.approx(-1 / 3)
+    loss_seq, _ = policy_loss(logp, logp, adv, mask, epsilon=0.2, loss_type="sequence")
+    assert float(loss_seq) == pytest.approx(0.0)  # mean(-1, +1)
+    # ratio 2 with positive advantage is clipped at 1.2
+    old = logp - torch.log(torch.tensor(2.0))
+    loss, stats = policy_loss(logp, old, torch.tensor([1.0, 1.0]), mask, epsilon=0.2)
+    assert float(loss) == pytest.approx(-1.2) and stats["clip_fraction"] == 1.0
+    # KL to an identical reference is 0, to a different one positive
+    _, s0 = policy_loss(logp, logp, adv, mask, 0.2, beta=0.1, ref_logp=logp)
+    _, s1 = policy_loss(logp, logp, adv, mask, 0.2, beta=0.1, ref_logp=logp - 0.5)
+    assert s0["kl"] == pytest.approx(0.0) and s1["kl"] > 0
+
+
+def test_grpo_raises_heldout_reward(sft_scores_run, synth_train, synth_eval, tmp_path):
+    """From the stage-1 SFT model, GRPO on the score reward (1 - 3|s - s~|) raises the mean sampled
+    reward on held-out images (4 samples each, fixed seed) by >= 0.05 within 12 iterations."""
+    model_dir = sft_scores_run[1]["model_dir"]
+    cfg = GRPOConfig(model=model_dir, data=str(synth_train), eval_data=str(synth_eval), output_dir=str(tmp_path),
+                     stage="scores", image_area=112 * 112, finetuning="lora", lora_r=8, lora_alpha=16,
+                     learning_rate=GRPO_LR, beta=0.0, max_steps=GRPO_STEPS, batch_size=4, num_generations=4,
+                     max_new_tokens=40, temperature=1.0, rewards={"score": 1.0}, save_steps=0, report_to="none",
+                     progress_bar=False, logging_steps=1, seed=0)
+    probe = GRPOTrainer(cfg)
+    probe._setup()
+    before = probe.evaluate(num_samples=4, do_sample=True)
+    del probe
+    tr = GRPOTrainer(cfg)
+    tr.train()
+    after = tr.evaluate(num_samples=4, do_sample=True)
+    print("GRPO before", before, "after", after)
+    assert after["eval/reward"] >= before["eval/reward"] + 0.05, (before, after)
+
+
+def test_grpo_sdg_detector_smoke_with_kl(tiny_qwen3_dir, synth_train, tmp_path):
+    """Qwen3-VL + SDG format + detector reward + KL to the LoRA-disabled reference: runs, checkpoints,
+    and writes a loadable folder."""
+    from imagedoctor.core.diagnoser import Diagnoser
+
+    cfg = GRPOConfig(model=str(tiny_qwen3_dir), data=str(synth_train), output_dir=str(tmp_path), format="sdg",
+                     image_area=112 * 112, finetuning="lora", lora_r=4, lora_alpha=8, learning_rate=1e-3, beta=0.04,
+                     max_steps=1, batch_size=2, num_generations=2, max_new_tokens=8, num_inner_steps=2,
+                     rewards={"sdg": 1.0, "format": 0.5}, report_to="none", progress_bar=False, logging_steps=1)
+    result = GRPOTrainer(cfg).train()
+    assert result["step"] == 1 and result["train/reward_sdg"] >= -1.0
+    assert (tmp_path / "checkpoints" / "checkpoint-1" / "optimizer.pt").is_file()
+    dg = Diagnoser.from_pretrained(result["model_dir"], dtype="fp32", device="cpu")
+    assert dg.format == "sdg"
+
+
+GRPO_LR = 1e-3
+GRPO_STEPS = 12

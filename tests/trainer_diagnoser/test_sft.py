@@ -1,0 +1,128 @@
+"""SFT: masking, learning on held-out synthetic samples, saving, resume, data errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from imagedoctor.trainer.sft import SFTTrainer, TrainingDataError, collate
+
+
+def test_labels_mask_prompt_image_and_padding(tiny_model_dir, synth_train, tmp_path, make_sft_config):
+    cfg = make_sft_config(tiny_model_dir, synth_train, None, tmp_path, eval_data=None, stage="full", heatmap_weight=1.0)
+    tr = SFTTrainer(cfg)
+    tr._setup()
+    ex = tr.train_examples[:3]  # three different image sizes -> different prompt lengths
+    assert len({e.image.size for e in ex}) == 3
+    batch = collate(tr.dg, ex, cfg, 64, with_maps=True)
+    tok = tr.dg.processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    for b, e in enumerate(ex):
+        kept = batch["labels"][b][batch["labels"][b] != -100]
+        # exactly the target + eos is supervised, nothing of the prompt or the image
+        assert tok.decode(kept) == e.target + tok.eos_token
+        assert not (kept == image_id).any()
+        mis, art = batch["task_positions"][b].tolist()
+        assert batch["input_ids"][b, mis] == tr.dg.task_token_ids["misalignment"]
+        assert batch["input_ids"][b, art] == tr.dg.task_token_ids["artifact"]
+        assert batch["gt_maps"][b][1].shape == (64, 64) and float(batch["gt_maps"][b][1].max()) > 0.5
+    out = tr.raw_module(**batch)
+    assert torch.isfinite(out["loss"]) and float(out["heatmap"]) > 0
+
+
+def test_sft_scores_stage_learns_on_heldout(sft_scores_run):
+    """Stage 1 (scores only), 80 steps: held-out CE falls by >= 80 %, >= 90 % of the scores become
+    readable, and the mean PLCC over the four scores (unread or constant = 0) goes from 0 to >= 0.25."""
+    before, result = sft_scores_run
+    after = result["eval"]
+    print("SFT scores stage before", before, "after", after)
+    assert before["eval/scores_parsed"] == 0.0 and before["eval/score_plcc"] == 0.0
+    assert after["eval/loss"] <= 0.2 * before["eval/loss"], (before, after)
+    assert after["eval/scores_parsed"] >= 0.9
+    assert after["eval/score_plcc"] >= 0.25, after
+
+
+def test_sft_full_stage_heatmap_cc_rises(tiny_model_dir, synth_train, synth_eval, tmp_path, make_sft_config):
+    """Stage 2 (think + boxes + task tokens) with the heatmap loss: held-out CE falls and the head's
+    heatmap CC against the GT rises by >= 0.3 within 40 steps (LoRA on the LM + trainable head)."""
+    cfg = make_sft_config(tiny_model_dir, synth_train, synth_eval, tmp_path, stage="full", heatmap_weight=1.0,
+                     finetuning="lora", lora_r=8, lora_alpha=16, max_steps=40, eval_samples=6)
+    probe = SFTTrainer(cfg)
+    probe._setup()
+    before = probe.evaluate(generate=False)
+    result = SFTTrainer(cfg).train()
+    after = result["eval"]
+    print("SFT full stage before", before, "after", after)
+    assert after["eval/loss"] < 0.7 * before["eval/loss"], (before, after)
+    assert after["eval/heatmap_cc"] >= before["eval/heatmap_cc"] + 0.3, (before, after)
+
+
+def test_saved_folder_loads_and_lora_touches_only_the_language_model(tiny_model_dir, synth_train, tmp_path, make_sft_config):
+    from imagedoctor.core.diagnoser import Diagnoser
+
+    cfg = make_sft_config(tiny_model_dir, synth_train, None, tmp_path, eval_data=None, stage="full", heatmap_weight=1.0,
+                     finetuning="lora", lora_r=4, lora_alpha=8, max_steps=2, batch_size=2, learning_rate=1e-2,
+                     save_adapter=True)
+    tr = SFTTrainer(cfg)
+    result = tr.train()
+    names = [n for n, p in tr.raw_module.named_parameters() if p.requires_grad]
+    lora = [n for n in names if "lora_" in n]
+    assert lora and all("language_model" in n for n in lora)
+    assert not any(".visual." in n for n in names)
+    assert any(n.startswith("head.") for n in names)
+    dg = Diagnoser.from_pretrained(result["model_dir"], dtype="fp32", device="cpu")
+    base = Diagnoser.from_pretrained(tiny_model_dir, dtype="fp32", device="cpu")
+    q = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(dict(dg.model.named_parameters())[q], dict(base.model.named_parameters())[q])
+    v = "model.visual.blocks.0.attn.qkv.weight"
+    assert torch.equal(dict(dg.model.named_parameters())[v], dict(base.model.named_parameters())[v])
+    assert dg.head is not None and (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_resume_equals_uninterrupted(tiny_model_dir, synth_train, tmp_path, make_sft_config):
+    from safetensors.torch import load_file
+
+    common = dict(eval_data=None, stage="full", heatmap_weight=1.0, finetuning="lora", lora_r=4, lora_alpha=8,
+                  batch_size=2, warmup_steps=3, learning_rate=1e-2)
+    full = make_sft_config(tiny_model_dir, synth_train, None, tmp_path / "a", max_steps=4, **common)
+    SFTTrainer(full).train()
+    SFTTrainer(make_sft_config(tiny_model_dir, synth_train, None, tmp_path / "b", max_steps=2, **common)).train()
+    resumed = SFTTrainer(make_sft_config(tiny_model_dir, synth_train, None, tmp_path / "b", max_steps=4, **common),
+                         resume="latest")
+    resumed.train()
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "checkpoint-4" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "checkpoint-4" / "trainable.safetensors"))
+    start = load_file(str(tmp_path / "b" / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # steps 3-4 did change the weights
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_bad_data_fails_before_model_loads(tmp_path):
+    from imagedoctor.trainer.diagnoser_config import SFTConfig
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "data.jsonl").write_text('{"id": "x"}\n')
+    cfg = SFTConfig(model=str(tmp_path / "no-model"), data=str(empty), output_dir=str(tmp_path / "o"),
+                    stage="scores", heatmap_weight=0.0)
+    with pytest.raises(TrainingDataError, match="no usable sample"):
+        SFTTrainer(cfg)
+    cfg = SFTConfig(model=str(tmp_path / "no-model"), data=str(tmp_path / "nowhere"), output_dir=str(tmp_path / "o"),
+                    stage="scores", heatmap_weight=0.0)
+    with pytest.raises(TrainingDataError, match="'data'"):
+        SFTTrainer(cfg)
+
+
+def test_metrics_file_written(sft_scores_run):
+    _, result = sft_scores_run
+    from pathlib import Path
+
+    lines = (Path(result["model_dir"]).parent / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert rows[0]["step"] == 10 and "train/loss" in rows[0]
+    assert rows[-1]["step"] == 80 and "eval/loss" in rows[-1]
