@@ -257,11 +257,18 @@ def test_mask_helper_bad_inputs():
 
 def test_keep_loaded_sessions_nest(loaded, tiny_model_dir):
     (dm,), _ = call_v1(node("LoadDiagnosisModel"), model_name=tiny_model_dir.name, dtype="fp32", keep_loaded=False)
+    import gc
+    import weakref
+
     with dm.session() as outer:
         with dm.session() as inner:
             assert inner is outer
         assert dm.loaded  # the inner session must not unload under the outer one
+        weights = weakref.ref(outer.model)
+        del outer, inner
     assert not dm.loaded
+    gc.collect()
+    assert weights() is None  # keep_loaded=False really frees the weights
     (kept,), _ = call_v1(node("LoadDiagnosisModel"), model_name=tiny_model_dir.name, dtype="fp32", keep_loaded=True)
     with kept.session():
         pass
