@@ -55,7 +55,7 @@ def run_diagnosis(model, images, prompt, format="imagedoctor", max_new_tokens=51
     with model.session() as dg:
         try:
             out = dg.diagnose(
-                images, prompt, format=format, max_new_tokens=int(max_new_tokens), seed=int(seed),
+                images, prompt, format=format, max_new_tokens=int(max_new_tokens), seed=int(seed) % 2**63,
                 heatmaps=bool(heatmaps), progress=progress, should_cancel=comfy_env.interrupted,
             )
         except Exception as exc:

@@ -47,7 +47,7 @@ def comfy_inpaint(model, vae, positive, negative, seed, steps, cfg, sampler_name
         m = torch.from_numpy(np.asarray(mask, dtype=np.float32))
         latent = {"samples": vae.encode(pixels[:, :, :, :3]),
                   "noise_mask": m.reshape((-1, 1, m.shape[-2], m.shape[-1]))}
-        (out,) = comfy_nodes.common_ksampler(model, int(seed) + calls[0], int(steps), float(cfg), sampler_name,
+        (out,) = comfy_nodes.common_ksampler(model, (int(seed) + calls[0]) % 2**64, int(steps), float(cfg), sampler_name,
                                              scheduler, positive, negative, latent, denoise=float(denoise))
         calls[0] += 1
         decoded = vae.decode(out["samples"])
