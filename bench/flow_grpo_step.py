@@ -75,6 +75,12 @@ def run_variant(args, name: str) -> dict:
         )
         trainer = FlowGRPOTrainer(cfg, reward_fn=brightness)
         device = str(trainer.device)
+        passes = {"sampling": 0, "training": 0}
+
+        def count(module, args_, kwargs):  # images through the transformer, with and without grad
+            passes["training" if torch.is_grad_enabled() else "sampling"] += kwargs["hidden_states"].shape[0]
+
+        trainer.transformer.register_forward_pre_hook(count, with_kwargs=True)
         result = {"variant": name, "sde_steps": len(cfg.sde_steps), "guidance_scale": guidance, "device": device}
         if args.learn_iterations:
             seeds = list(range(1000, 1000 + len(HELD_OUT_PROMPTS)))
@@ -91,9 +97,17 @@ def run_variant(args, name: str) -> dict:
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             trainer.iteration(0)  # warm-up
+            passes.update(sampling=0, training=0)
             timings = [trainer.iteration(i + 1) for i in range(args.iterations)]
+            # transformer image-passes per iteration: hardware-independent cost. With backward ~2x a
+            # forward (3x with gradient checkpointing), a compute-bound GPU spends about
+            # sampling + 3 * training (or + 4 *) forward-equivalents per iteration.
+            result["transformer_passes_sampling"] = passes["sampling"] / args.iterations
+            result["transformer_passes_training"] = passes["training"] / args.iterations
+            result["forward_equivalents"] = (passes["sampling"] + 3 * passes["training"]) / args.iterations
         for key in ("time_iteration", "time_sample", "time_reward", "time_update"):
-            result[f"{key}_s"] = sum(m[key] for m in timings) / len(timings)
+            values = sorted(m[key] for m in timings)
+            result[f"{key}_s"] = values[len(values) // 2]  # median: robust to a busy CPU
         result["peak_memory_mib"] = peak_memory_mib(device)
     return result
 
@@ -167,7 +181,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=3e-2)
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
+    p.add_argument("--iterations", type=int, default=7, help="timed iterations after one warm-up (median reported)")
     p.add_argument("--learn-iterations", type=int, default=0, help="also train N iterations and report the reward gain")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models run fastest on 1)")
     p.add_argument("--sd35-medium-random", action="store_true", help="time the full-size SD3.5-M transformer instead")
@@ -205,6 +219,9 @@ def main(argv=None) -> int:
     if "full_sde_cfg" in by:
         ref = by["full_sde_cfg"]["time_iteration_s"]
         summary = {f"speedup_vs_full_sde_cfg_{k}": ref / v["time_iteration_s"] for k, v in by.items()}
+        if "forward_equivalents" in by["full_sde_cfg"]:
+            work = by["full_sde_cfg"]["forward_equivalents"]
+            summary.update({f"work_ratio_vs_full_sde_cfg_{k}": work / v["forward_equivalents"] for k, v in by.items()})
     print(json.dumps({"model": "tiny-" + args.family if tmp else args.model, "resolution": args.resolution,
                       "num_steps": args.num_steps, "batch_size": args.batch_size, "group_size": args.group_size,
                       "micro_batch_size": args.micro_batch_size, "threads": args.threads, "results": results,

@@ -5,8 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-# Tiny models are dominated by thread start-up cost: one thread is ~50x faster on small CPUs.
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models are dominated by thread hand-off cost: one thread is far faster on small CPUs.
+
+    Set per test and restored after, so other test folders keep their own setting.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 PROMPTS = ["a red cube", "a blue ball", "a green tree", "a yellow car", "a white cat", "a black dog"]
 
