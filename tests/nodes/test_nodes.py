@@ -286,3 +286,25 @@ def test_refine_node_with_tiny_diagnoser(comfy, tiny_diagnoser, batch):
     assert out.shape == (1, 48, 64, 3) and len(final) == 1 and "region 1/1" in log
     # the random tiny model gives no overall score, so nothing can be verified as better: rejected
     assert "rejected" in log and torch.equal(out, images[:1])
+
+
+def test_all_light_nodes_through_v3(v3_io, comfy, batch):
+    """The same nodes built as V3 io.ComfyNode classes give the same outputs as V1."""
+    images, diags = batch
+    v3 = registry.build_mappings(v3_io)[0]
+    cases = {
+        "ImageDoctorDefectMask": dict(diagnosis=diags, source="both", grow=1),
+        "ImageDoctorDefectsToSEGS": dict(image=images, diagnosis=diags),
+        "ImageDoctorHeatmapOverlay": dict(images=images, diagnosis=diags),
+        "ImageDoctorDefectBoxesOverlay": dict(images=images, diagnosis=diags),
+        "ImageDoctorSaveDiagnosis": dict(diagnosis=diags, filename_prefix="v3/run"),
+        "ImageDoctorLoadDiagnosis": dict(source=diags[0].to_json()),
+    }
+    for key, kwargs in cases.items():
+        args3, _ = call_v3(v3[key], **kwargs)
+        args1, _ = call_v1(registry.NODE_CLASS_MAPPINGS[key], **kwargs)
+        for a, b in zip(args3, args1):
+            if isinstance(a, torch.Tensor):
+                assert torch.equal(a, b), key
+            elif key != "ImageDoctorSaveDiagnosis" and not isinstance(a, tuple):
+                assert type(a) is type(b), key
