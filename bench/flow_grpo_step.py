@@ -128,9 +128,10 @@ def sd35_medium_random(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = SD3Transformer2DModel(
-        sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
-        joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
-        pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+        sample_size=128, patch_size=2, in_channels=16, num_layers=args.sd35_num_layers, attention_head_dim=64,
+        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+        out_channels=16, pos_embed_max_size=384, dual_attention_layers=tuple(range(min(13, args.sd35_num_layers))),
+        qk_norm="rms_norm",
     ).to(device, dtype)
     add_lora(model, rank=32, alpha=32)
     model.enable_gradient_checkpointing()
@@ -160,7 +161,7 @@ def sd35_medium_random(args) -> dict:
     sync()
     train_s = time.perf_counter() - start
     return {"variant": "sd35_medium_random_transformer", "device": device, "dtype": str(dtype),
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "micro_batch": mb,
+            "layers": args.sd35_num_layers, "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "micro_batch": mb,
             "resolution": args.resolution, "forward_s": forward_s, "forward_backward_s": train_s,
             "peak_memory_mib": peak_memory_mib(device)}
 
@@ -185,6 +186,7 @@ def parse_args(argv=None):
     p.add_argument("--learn-iterations", type=int, default=0, help="also train N iterations and report the reward gain")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models run fastest on 1)")
     p.add_argument("--sd35-medium-random", action="store_true", help="time the full-size SD3.5-M transformer instead")
+    p.add_argument("--sd35-num-layers", type=int, default=24, help="layers of the SD3.5-M transformer (24 = full size)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     return p.parse_args(argv)
 

@@ -47,7 +47,7 @@ from .flow_grpo import (
 )
 from .generator_config import ConfigError, FlowGRPOConfig, GeneratorConfig
 from .generator_rewards import as_reward_tensor, load_reward
-from .lora_export import add_lora, export_lora, lora_parameters, lora_scale, lora_state_dict, load_lora_state_dict
+from .lora_export import add_lora, export_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 
 logger = logging.getLogger(__name__)
 
