@@ -96,6 +96,8 @@ def _train_box(grpo_config, mode: str, output_dir):
 def test_boxflow_update_is_local(grpo_config, tmp_path):
     box_in, box_out, box_dark = _train_box(grpo_config, "box", tmp_path / "box")
     sc_in, sc_out, sc_dark = _train_box(grpo_config, "scalar", tmp_path / "scalar")
+    print(f"box: in {box_in:.4f} out {box_out:.4f} darkening {box_dark:.4f}; scalar: in {sc_in:.4f} out {sc_out:.4f} "
+          f"darkening {sc_dark:.4f}")
     assert box_in > 1.05 * box_out, f"box update: inside {box_in:.4f} vs outside {box_out:.4f}"
     assert box_in > 2.0 * sc_in, f"inside the box: dense {box_in:.4f} vs scalar {sc_in:.4f}"
     assert box_dark > 0.01 and box_dark > 2 * sc_dark, f"penalised region darkened by {box_dark:.4f} (scalar {sc_dark:.4f})"
@@ -215,3 +217,39 @@ def test_sft_generator_fits_the_picks(tiny_sd3_path, tmp_path):
     assert after < 0.9 * before, f"flow-matching loss on the picks {before:.4f} -> {after:.4f}"
     pipe = load_pipeline(str(tiny_sd3_path))
     pipe.load_lora_weights(str(tmp_path / "sft" / "lora.safetensors"))  # diffusers accepts the export
+
+
+def test_two_process_ddp_run(tiny_sd3_path, prompts_file, tmp_path):
+    """`torchrun` (what `accelerate launch` does) with 2 CPU processes: DDP over gloo, one export,
+    per-process RNG state in the checkpoint, different prompts per process."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    (tmp_path / "rank_rewards.py").write_text(
+        "import os\n"
+        "def brightness(images, prompts, **context):\n"
+        "    with open(os.path.join(os.path.dirname(__file__), 'seen_' + os.environ['RANK']), 'a') as f:\n"
+        "        f.write('|'.join(prompts) + '\\n')\n"
+        "    return images.mean(dim=(1, 2, 3))\n")
+    config = dict(
+        pretrained_model=str(tiny_sd3_path), prompts_file=str(prompts_file), resolution=32, max_sequence_length=16,
+        num_iterations=2, batch_size=4, group_size=2, sample_batch_size=4, micro_batch_size=2, num_steps=3,
+        sde_window_size=1, guidance_scale=1.0, lora_rank=2, lora_alpha=2, reward="python:rank_rewards:brightness",
+        output_dir=str(tmp_path / "run"), logging="none", progress_bar=False,
+    )
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "imagedoctor.trainer", "flow-grpo", "--config",
+                           str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("LoRA written") == 1  # only the main process exports
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-0000002"
+    assert (checkpoint / "random_states_0.pkl").exists() and (checkpoint / "random_states_1.pkl").exists()
+    seen = [(tmp_path / f"seen_{r}").read_text() for r in (0, 1)]
+    assert seen[0] != seen[1]  # each process samples its own prompts and noise
+    assert load_file(str(tmp_path / "run" / "lora.safetensors"))
