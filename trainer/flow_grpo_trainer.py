@@ -245,6 +245,7 @@ class FlowGRPOTrainer:
         self.pipeline.to(self.device)
         self.adapter = PipelineAdapter(self.pipeline, config.max_sequence_length)
         self.latent_size = self.adapter.latent_size(config.resolution, config.resolution)
+        self.prompt_cache = self._cache_prompts() if config.cache_prompt_embeddings else None
         transformer = self.pipeline.transformer
         add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_targets,
                  init=_lora_init(config.lora_init), seed=config.seed)
@@ -270,7 +271,39 @@ class FlowGRPOTrainer:
 
     # -- sampling -----------------------------------------------------------------------
     def _encode(self, prompts: Sequence[str], guidance_scale: float) -> Conditioning:
-        return self.adapter.encode(prompts, guidance_scale, self.device)
+        if self.prompt_cache is None:
+            return self.adapter.encode(prompts, guidance_scale, self.device)
+        if guidance_scale != self.config.guidance_scale:
+            raise ValueError("with cache_prompt_embeddings, sample at the config's guidance_scale "
+                             f"({self.config.guidance_scale}), not {guidance_scale}")
+        missing = sorted({p for p in prompts if p not in self.prompt_cache})
+        if missing:
+            raise ValueError(f"prompts {missing[:3]} were not cached; with cache_prompt_embeddings only "
+                             "prompts from prompts_file can be sampled")
+        rows = [self.prompt_cache[p] for p in prompts]
+        stack = lambda name: None if getattr(rows[0], name) is None else torch.cat(  # noqa: E731
+            [getattr(r, name) for r in rows]).to(self.device)
+        return Conditioning(stack("prompt_embeds"), stack("pooled"), stack("neg_prompt_embeds"),
+                            stack("neg_pooled"), None if rows[0].text_ids is None else rows[0].text_ids.to(self.device))
+
+    @torch.no_grad()
+    def _cache_prompts(self, chunk: int = 8) -> dict[str, Conditioning]:
+        """Encode every training prompt once (rows kept on CPU), then drop the text encoders."""
+        cache: dict[str, Conditioning] = {}
+        unique = list(dict.fromkeys(self.prompts))
+        for start in range(0, len(unique), chunk):
+            part = unique[start:start + chunk]
+            cond = self.adapter.encode(part, self.config.guidance_scale, self.device)
+            for i, prompt in enumerate(part):
+                row = cond.select(slice(i, i + 1))
+                cache[prompt] = Conditioning(*(None if t is None else t.cpu() for t in (
+                    row.prompt_embeds, row.pooled, row.neg_prompt_embeds, row.neg_pooled, row.text_ids)))
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if getattr(self.pipeline, name, None) is not None:
+                setattr(self.pipeline, name, None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return cache
 
     def _noise(self, generators) -> torch.Tensor:
         return initial_noise(generators, (self.adapter.latent_channels, *self.latent_size), self.device)

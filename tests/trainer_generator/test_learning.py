@@ -253,3 +253,20 @@ def test_two_process_ddp_run(tiny_sd3_path, prompts_file, tmp_path):
     seen = [(tmp_path / f"seen_{r}").read_text() for r in (0, 1)]
     assert seen[0] != seen[1]  # each process samples its own prompts and noise
     assert load_file(str(tmp_path / "run" / "lora.safetensors"))
+
+
+def test_cached_prompt_embeddings_train_the_same(grpo_config, tmp_path):
+    """cache_prompt_embeddings frees the text encoders and trains (numerically) the same LoRA."""
+    states = []
+    for cache in (False, True):
+        cfg = grpo_config(num_iterations=2, guidance_scale=2.0, cache_prompt_embeddings=cache,
+                          output_dir=str(tmp_path / str(cache)))
+        trainer = FlowGRPOTrainer(cfg, reward_fn=brightness)
+        if cache:
+            assert trainer.pipeline.text_encoder is None and trainer.pipeline.text_encoder_3 is None
+            with pytest.raises(ValueError, match="not cached"):
+                trainer.generate(["an unseen prompt"], [0])
+        trainer.train()
+        states.append(lora_state_dict(trainer.transformer))
+    for key in states[0]:
+        torch.testing.assert_close(states[1][key], states[0][key], rtol=1e-4, atol=1e-6)
