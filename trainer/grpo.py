@@ -223,12 +223,20 @@ class GRPOTrainer:
             return self.raw_module(**batch)
 
     def step(self, step: int) -> dict[str, float]:
-        """One GRPO iteration (rollout + num_inner_steps optimizer steps); returns logged scalars."""
+        """One GRPO iteration (rollout + `update`); returns logged scalars."""
         cfg, acc = self.cfg, self.accelerator
         idx = batch_order(len(self.train_examples), cfg.batch_size, cfg.seed, step, 0, 1,
                           acc.process_index, acc.num_processes)
         roll = self.rollout([self.train_examples[i] for i in idx], cfg.num_generations, True,
                             seed=cfg.seed * 100_003 + step * acc.num_processes + acc.process_index)
+        logged = self.update(roll)
+        self.scheduler.step()
+        return logged
+
+    def update(self, roll: dict[str, Any]) -> dict[str, float]:
+        """Group-normalised advantages from ``roll["rewards"]`` and ``num_inner_steps`` clipped
+        policy-gradient steps on the rollout's completions."""
+        cfg, acc = self.cfg, self.accelerator
         adv = group_advantages(roll["rewards"], cfg.num_generations, cfg.scale_rewards).to(acc.device)
         batch = self._policy_inputs(roll)
         mask = roll["mask"]
@@ -247,7 +255,6 @@ class GRPOTrainer:
                 acc.clip_grad_norm_(self.raw_module.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
         logged = {"train/loss": float(loss.detach()), "train/reward": float(roll["rewards"].mean()),
                   "train/reward_std": float(roll["rewards"].std()),
                   "train/completion_length": float(mask.sum(1).float().mean()), **{f"train/{k}": v for k, v in stats.items()}}

@@ -75,8 +75,8 @@ def sft_config(model, train, eval_dir, out, **overrides):
     from imagedoctor.trainer.diagnoser_config import SFTConfig
 
     kwargs = dict(model=str(model), data=str(train), eval_data=str(eval_dir), output_dir=str(out), stage="scores",
-                  heatmap_weight=0.0, image_area=112 * 112, finetuning="full", learning_rate=3e-3,
-                  head_learning_rate=3e-3, max_steps=80, batch_size=4, heatmap_size=64, save_steps=0,
+                  heatmap_weight=0.0, image_area=112 * 112, finetuning="full", learning_rate=2e-3,
+                  head_learning_rate=3e-3, max_steps=120, batch_size=4, heatmap_size=64, save_steps=0,
                   report_to="none", progress_bar=False, eval_max_new_tokens=64, logging_steps=10, seed=0)
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
