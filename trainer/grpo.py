@@ -94,12 +94,15 @@ class PolicyModule(nn.Module):
         self.model = dg.model
         self.head = dg.head
 
-    def forward(self, input_ids, attention_mask, pixel_values, image_grid_thw, prompt_length: int) -> torch.Tensor:
-        """input_ids [N, P+L] (prompt left-padded to P, then completion); returns logp [N, L]."""
+    def forward(self, input_ids, attention_mask, pixel_values, image_grid_thw, prompt_length: int,
+                targets: torch.Tensor | None = None, mm_token_type_ids=None) -> torch.Tensor:
+        """input_ids [N, P+L] (prompt left-padded to P, then completion); ``targets`` [N, L] the
+        completion ids whose log-probs are wanted (default: input_ids[:, P:]). Returns logp [N, L]."""
+        extra = {} if mm_token_type_ids is None else {"mm_token_type_ids": mm_token_type_ids}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                         image_grid_thw=image_grid_thw, use_cache=False)
+                         image_grid_thw=image_grid_thw, use_cache=False, **extra)
         logits = out.logits[:, prompt_length - 1 : -1].float()
-        targets = input_ids[:, prompt_length:]
+        targets = input_ids[:, prompt_length:] if targets is None else targets
         return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
 
 
@@ -211,10 +214,23 @@ class GRPOTrainer:
     # --- optimisation ----------------------------------------------------------------------
     def _policy_inputs(self, roll: dict[str, Any]) -> dict[str, Any]:
         inputs = roll["inputs"]
-        ids = torch.cat([inputs["input_ids"], roll["sequences"]], dim=1)
+        seqs = roll["sequences"]
+        # A sampled vision placeholder (<|image_pad|>, ...) in a completion would be read as an extra
+        # image slot by the forward pass: feed the pad token there instead (its log-prob still counts).
+        tok = self.dg.processor.tokenizer
+        cfg_ids = [getattr(self.dg.model.config, k, None) for k in
+                   ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")]
+        vision = torch.tensor([i for i in cfg_ids if isinstance(i, int)], device=seqs.device)
+        safe = seqs.masked_fill(torch.isin(seqs, vision), tok.pad_token_id)
+        ids = torch.cat([inputs["input_ids"], safe], dim=1)
         mask = torch.cat([inputs["attention_mask"], roll["mask"].to(inputs["attention_mask"].dtype)], dim=1)
-        return dict(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"],
-                    image_grid_thw=inputs["image_grid_thw"], prompt_length=int(inputs["input_ids"].shape[1]))
+        batch = dict(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"],
+                     image_grid_thw=inputs["image_grid_thw"], prompt_length=int(inputs["input_ids"].shape[1]),
+                     targets=seqs.clone())  # generate ran under inference_mode: clone for autograd
+        if "mm_token_type_ids" in inputs:  # Qwen3-VL's M-RoPE: completion tokens are text (0)
+            tt = inputs["mm_token_type_ids"]
+            batch["mm_token_type_ids"] = torch.cat([tt, torch.zeros_like(seqs, dtype=tt.dtype)], dim=1)
+        return batch
 
     def _ref_logp(self, batch: dict[str, Any]) -> torch.Tensor | None:
         if self.cfg.beta <= 0:

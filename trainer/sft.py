@@ -229,7 +229,7 @@ class DiagnoserSFTModule(nn.Module):
         self._visual = self.model.model.visual
 
     def forward(self, input_ids, attention_mask, pixel_values, image_grid_thw, labels, task_positions,
-                gt_maps: list | None = None) -> dict[str, torch.Tensor]:
+                gt_maps: list | None = None, mm_token_type_ids=None) -> dict[str, torch.Tensor]:
         """input_ids/attention_mask/labels [B, T]; task_positions [B, 2] (index of <MIS>/<ART>, -1 if
         absent); gt_maps: per image a list [mis, art] of [S, S] tensors or None. Returns
         {"loss", "ce", "heatmap"} (heatmap = mean over images of MSE_mis + MSE_art)."""
@@ -240,8 +240,9 @@ class DiagnoserSFTModule(nn.Module):
             handles.append(self._norm.register_forward_hook(lambda m, a, o: captured.__setitem__("h", o)))
             handles.append(self._visual.register_forward_hook(lambda m, a, o: captured.__setitem__("v", o)))
         try:
+            extra = {} if mm_token_type_ids is None else {"mm_token_type_ids": mm_token_type_ids}
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                             image_grid_thw=image_grid_thw, labels=labels, use_cache=False)
+                             image_grid_thw=image_grid_thw, labels=labels, use_cache=False, **extra)
         finally:
             for h in handles:
                 h.remove()
@@ -312,6 +313,8 @@ def collate(dg: Diagnoser, examples: Sequence[Example], cfg: DiagnoserTrainConfi
                     task_pos[b, k] = start + int(hits[0])
     batch = dict(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"],
                  image_grid_thw=inputs["image_grid_thw"], labels=labels, task_positions=task_pos)
+    if "mm_token_type_ids" in inputs:  # Qwen3-VL's M-RoPE needs it
+        batch["mm_token_type_ids"] = inputs["mm_token_type_ids"]
     if with_maps:
         batch["gt_maps"] = [[gt_map_tensor(e.gt.heatmaps.get(n), heatmap_size) for n in ("misalignment", "artifact")]
                             for e in examples]
