@@ -16,6 +16,8 @@ import sys
 COMMANDS = {
     "flow-grpo": ".flow_grpo_trainer",
     "sft-generator": ".sft_generator",
+    "sft": ".sft",
+    "grpo": ".grpo",
 }
 
 
