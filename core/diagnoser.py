@@ -102,8 +102,9 @@ def to_pil_images(images: Any) -> list:
 def _resolve_folder(path_or_id: str | os.PathLike, local_files_only: bool) -> Path:
     p = Path(path_or_id).expanduser()
     if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"{p} has no config.json: not a model folder (build one with `imagedoctor tiny-model DIR`)")
+        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{p} has neither config.json nor adapter_config.json: not a model folder "
+                                    "(build one with `imagedoctor tiny-model DIR`)")
         return p
     if p.exists():
         raise FileNotFoundError(f"{p} is a file; point to the model folder that contains config.json")
@@ -228,10 +229,13 @@ class Diagnoser:
         local_files_only: bool = True,
         trust_remote_code: bool = False,
         format: str | None = None,
+        base_model: str | os.PathLike | None = None,
     ) -> "Diagnoser":
         """Load from a local folder or a hub id (hub cache only unless ``local_files_only=False``).
 
-        Safetensors only. A checkpoint without heatmap head still gives scores and boxes.
+        Safetensors only. A checkpoint without heatmap head still gives scores and boxes. A peft
+        LoRA adapter folder (``adapter_config.json``) loads its base (``base_model`` or the adapter's
+        ``base_model_name_or_path``) and merges the adapter; head tensors beside it replace the base's.
         """
         import torch
         import transformers
@@ -240,6 +244,9 @@ class Diagnoser:
         from .heatmap_head import HeatmapHead, HeatmapHeadConfig
 
         folder = _resolve_folder(path_or_id, local_files_only)
+        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+            return cls._from_adapter(folder, base_model, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                                     local_files_only=local_files_only, trust_remote_code=trust_remote_code, format=format)
         if not any(folder.glob("*.safetensors")):
             raise FileNotFoundError(f"{folder} has no .safetensors weights (pickled .bin checkpoints are refused)")
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -315,11 +322,49 @@ class Diagnoser:
         return cls(model, processor, head, family=family, format=format, task_token_ids=task_ids,
                    load_report=report, source=str(path_or_id))
 
+    @classmethod
+    def _from_adapter(cls, folder: Path, base_model, **kwargs) -> "Diagnoser":
+        from peft import PeftModel
+        from transformers import AutoProcessor
+
+        adapter_cfg = json.loads((folder / "adapter_config.json").read_text())
+        base = base_model or adapter_cfg.get("base_model_name_or_path")
+        if not base:
+            raise ValueError(f"{folder}: adapter_config.json names no base model; pass base_model=...")
+        if not any(folder.glob("*.safetensors")):
+            raise FileNotFoundError(f"{folder} has no .safetensors adapter weights (pickled .bin adapters are refused)")
+        dg = cls.from_pretrained(base, **kwargs)
+        if (folder / "tokenizer_config.json").is_file():  # the adapter added tokens (e.g. <MIS>/<ART>)
+            dg.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=kwargs.get("trust_remote_code", False))
+            n = len(dg.processor.tokenizer)
+            if dg.model.get_input_embeddings().weight.shape[0] < n:
+                dg.model.resize_token_embeddings(n)
+        dg.model = PeftModel.from_pretrained(dg.model, folder).merge_and_unload().eval()
+        tensors = _head_tensors(folder)
+        if tensors:
+            if dg.head is None:
+                raise ValueError(f"{folder} has heatmap head tensors but the base model {base!r} has no head config")
+            expected = dg.head.state_dict()
+            bad = sorted(k for k in tensors if k not in expected or tuple(expected[k].shape) != tuple(tensors[k].shape))
+            if bad:
+                raise ValueError(f"{folder}: head tensors do not fit the base's head (e.g. {bad[:3]})")
+            dg.head.load_state_dict({**expected, **tensors})
+        dg.source = str(folder)
+        dg.load_report.notes.append(f"LoRA adapter {folder} merged into base {base}")
+        return dg
+
     def save_pretrained(self, out_dir: str | Path) -> Path:
         """Write a folder that `from_pretrained` (and the published-layout loaders) read back."""
         if self.model is None:
             raise RuntimeError("this Diagnoser was unloaded; load it again")
         return save_diagnoser(out_dir, self.model, self.processor, self.head)
+
+    @property
+    def vision_token_ids(self) -> list[int]:
+        """Ids of the vision placeholders (image/video pad, vision start/end): never to be generated."""
+        cfg = self.model.config
+        ids = [getattr(cfg, k, None) for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")]
+        return sorted({int(i) for i in ids if isinstance(i, int)})
 
     # --- memory -----------------------------------------------------------------------
     @property
@@ -494,7 +539,8 @@ class Diagnoser:
             base = b * max_new_tokens
             step_cb = (lambda s, base=base: progress(base + s, total)) if progress else None
             out = generate_batch(
-                self.model, inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_token_ids=eos_ids, pad_token_id=tok.pad_token_id,
+                self.model, inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                suppress_token_ids=self.vision_token_ids, eos_token_ids=eos_ids, pad_token_id=tok.pad_token_id,
                 do_sample=do_sample, temperature=temperature, top_p=top_p,
                 seed=None if seed is None else seed + b, capture_states=want_maps, capture_visual=want_maps,
                 progress=step_cb, should_cancel=should_cancel,

@@ -72,6 +72,7 @@ def generate_batch(
     *,
     max_new_tokens: int,
     min_new_tokens: int = 0,
+    suppress_token_ids: list[int] | None = None,
     eos_token_ids: list[int],
     pad_token_id: int,
     do_sample: bool = False,
@@ -83,7 +84,11 @@ def generate_batch(
     progress: Callable[[int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> GenerationOutput:
-    """Decode a left-padded batch; see `GenerationOutput`. Raises `DiagnosisCancelled`."""
+    """Decode a left-padded batch; see `GenerationOutput`. Raises `DiagnosisCancelled`.
+
+    ``suppress_token_ids`` can never be generated (the vision placeholders: sampled, they would
+    be read back as extra image slots by any later forward pass over the completion).
+    """
     from transformers import StoppingCriteriaList
 
     states: list[torch.Tensor] = []
@@ -107,6 +112,7 @@ def generate_batch(
     gen_kwargs = dict(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens or None,
+        suppress_tokens=list(suppress_token_ids) if suppress_token_ids else None,
         do_sample=do_sample,
         eos_token_id=eos_token_ids,
         pad_token_id=pad_token_id,

@@ -107,7 +107,8 @@ def test_published_head_dimensions():
 def test_head_any_grid():
     torch.manual_seed(0)
     head = HeatmapHead(HeatmapHeadConfig(text_dim=16, image_dim=8, embed_dim=32, mlp_dim=32, num_heads=2)).eval()
-    out = head(torch.randn(3, 16), torch.randn(3, 5 * 7, 8), (5, 7))
+    with torch.no_grad():
+        out = head(torch.randn(3, 16), torch.randn(3, 5 * 7, 8), (5, 7))
     assert out.shape == (3, 80, 112) and float(out.min()) >= 0 and float(out.max()) <= 1
     with pytest.raises(ValueError, match="do not fill"):
         head(torch.randn(1, 16), torch.randn(1, 30, 8), (5, 7))
@@ -177,3 +178,48 @@ def test_save_pretrained_round_trip(tiny_diagnoser, tmp_path, images):
     b = again.diagnose(images[:1], PROMPTS[:1], max_new_tokens=6, image_area=112 * 112)[0]
     assert a.raw_text == b.raw_text
     assert not list(tmp_path.glob(".copy.*")), "temporary folders must not be left behind"
+
+
+def test_lora_adapter_folder_loads_onto_its_base(tiny_model_dir, tmp_path, images):
+    """A peft adapter folder (+ head tensors) loads as base + merged adapter, same outputs as merging by hand."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file as save_st
+
+    from imagedoctor.core.diagnoser import HEAD_FILE
+
+    base = Diagnoser.from_pretrained(tiny_model_dir, dtype="fp32", device="cpu")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(copy.deepcopy(base.model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                                       init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    head_sd = {k: v + 0.01 for k, v in base.head.state_dict().items()}
+    save_st(head_sd, str(adapter / HEAD_FILE))
+    loaded = Diagnoser.from_pretrained(adapter, dtype="fp32", device="cpu", base_model=tiny_model_dir)
+    assert "merged into base" in loaded.load_report.notes[-1]
+    merged = peft_model.merge_and_unload()
+    for k, v in merged.state_dict().items():
+        assert torch.allclose(v, loaded.model.state_dict()[k], atol=1e-6), k
+    for k, v in head_sd.items():
+        assert torch.equal(v, loaded.head.state_dict()[k])
+    d = loaded.diagnose(images[:1], PROMPTS[:1], max_new_tokens=6, image_area=112 * 112)[0]
+    assert d.heatmaps["artifact"] is not None
+
+
+def test_vision_placeholders_are_never_generated(tiny_diagnoser, images):
+    ids = tiny_diagnoser.vision_token_ids
+    assert len(ids) == 4
+    ds = tiny_diagnoser.diagnose(images, PROMPTS, max_new_tokens=24, do_sample=True, temperature=5.0, seed=1,
+                                 image_area=112 * 112)
+    tok = tiny_diagnoser.processor.tokenizer
+    for d in ds:
+        assert not any(t in d.raw_text for t in ("<|image_pad|>", "<|vision_start|>", "<|video_pad|>"))
+    from imagedoctor.core.generation import generate_batch
+
+    inputs, _, _ = tiny_diagnoser.build_inputs(images, PROMPTS, image_area=112 * 112)
+    out = generate_batch(tiny_diagnoser.model, inputs, max_new_tokens=24, suppress_token_ids=ids,
+                         eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id, do_sample=True,
+                         temperature=5.0, seed=2)
+    assert not torch.isin(out.sequences, torch.tensor(ids)).any()
