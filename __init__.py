@@ -5,12 +5,14 @@ torch or transformers being imported: node classes load heavy libraries on first
 Headless, the repo installs as the package ``imagedoctor`` (``imagedoctor.core`` ...).
 """
 
-try:
-    from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-except ImportError as _exc:  # the node layer is optional headless; never break `import imagedoctor`
-    if "registry" not in str(_exc):
-        raise
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
+# Imported as a package (ComfyUI, `import imagedoctor`) this registers the nodes. Imported as a
+# plain module (e.g. a test runner importing a checkout whose folder name is no identifier)
+# there is no package to import the nodes from, and nothing to register.
+if __package__:
+    from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
 
 WEB_DIRECTORY = None
 __version__ = "0.1.0"
