@@ -45,22 +45,26 @@ def test_sft_scores_stage_learns_on_heldout(sft_scores_run):
     assert after["eval/score_plcc"] >= 0.15, after
 
 
-def test_sft_full_stage_loss_and_heatmap_mse_fall(tiny_model_dir, synth_train, synth_eval, tmp_path, make_sft_config):
-    """Stage 2 (think + boxes + task tokens) with the heatmap loss, 40 steps (LoRA on the LM +
-    trainable head): held-out CE falls by >= 5 % and held-out heatmap MSE (mis + art) by >= 70 %.
-    (Heatmap CC is reported but does not rise within this CPU budget: the head first learns the
-    background level; see docs/training-diagnoser.md.)"""
+def test_sft_full_stage_raises_heldout_heatmap_cc(tiny_model_dir, synth_train, synth_eval, tmp_path, make_sft_config):
+    """Stage 2 (think + boxes + task tokens) with the plain upstream heatmap MSE, full fine-tune
+    *including the vision tower* (``train_vision``), 200 steps: on the 12 held-out images the CE
+    falls by >= 80 %, the heatmap MSE (mis + art, 64^2) by >= 80 %, and the mean heatmap CC
+    (misalignment and artifact, core.metrics.heatmap_metrics) rises by >= 0.15 (measured 0.004 ->
+    0.33). With the vision tower frozen the random tiny tower's merged tokens barely differ
+    between image regions (std across tokens ~0.01) and the head only learns the mean map."""
+    torch.set_num_threads(2)
     cfg = make_sft_config(tiny_model_dir, synth_train, synth_eval, tmp_path, stage="full", heatmap_weight=1.0,
-                     finetuning="lora", lora_r=8, lora_alpha=16, max_steps=40, eval_samples=6)
+                          train_vision=True, max_steps=200, eval_samples=12)
     probe = SFTTrainer(cfg)
     probe._setup()
     before = probe.evaluate(generate=False)
+    del probe
     result = SFTTrainer(cfg).train()
     after = result["eval"]
     print("SFT full stage before", before, "after", after)
-    assert after["eval/loss"] < 0.95 * before["eval/loss"], (before, after)
-    assert after["eval/heatmap_mse_loss"] <= 0.3 * before["eval/heatmap_mse_loss"], (before, after)
-    assert math.isfinite(after["eval/heatmap_cc"])
+    assert after["eval/loss"] <= 0.2 * before["eval/loss"], (before, after)
+    assert after["eval/heatmap_mse_loss"] <= 0.2 * before["eval/heatmap_mse_loss"], (before, after)
+    assert after["eval/heatmap_cc"] >= before["eval/heatmap_cc"] + 0.15, (before, after)
 
 
 def test_saved_folder_loads_and_lora_touches_only_the_language_model(tiny_model_dir, synth_train, tmp_path, make_sft_config):
