@@ -199,7 +199,17 @@ def save_final(dg: Diagnoser, peft_model, out_dir: Path, save_adapter: bool = Fa
 
     if peft_model is not None:
         if save_adapter:
+            # Adapter + the trained head + the processor: `Diagnoser.from_pretrained(out_dir / "adapter")`
+            # loads the base named in adapter_config.json and merges the adapter onto it.
+            from safetensors.torch import save_file
+
+            from ..core.diagnoser import HEAD_FILE
+
             peft_model.save_pretrained(out_dir / "adapter")
+            dg.processor.save_pretrained(out_dir / "adapter")
+            if dg.head is not None:
+                head_sd = {k: v.detach().contiguous().cpu() for k, v in dg.head.state_dict().items()}
+                save_file(head_sd, str(out_dir / "adapter" / HEAD_FILE), metadata={"format": "pt"})
         merged = copy.deepcopy(peft_model).merge_and_unload()
     else:
         merged = dg.model

@@ -87,6 +87,12 @@ def test_saved_folder_loads_and_lora_touches_only_the_language_model(tiny_model_
     v = "model.visual.blocks.0.attn.qkv.weight"
     assert torch.equal(dict(dg.model.named_parameters())[v], dict(base.model.named_parameters())[v])
     assert dg.head is not None and (tmp_path / "adapter" / "adapter_config.json").is_file()
+    # The adapter folder alone (base named inside it) loads to the same weights as the merged folder.
+    from_adapter = Diagnoser.from_pretrained(tmp_path / "adapter", dtype="fp32", device="cpu")
+    for k, p in dg.model.named_parameters():
+        torch.testing.assert_close(p, dict(from_adapter.model.named_parameters())[k], rtol=0, atol=1e-5)
+    for k, p in dg.head.state_dict().items():
+        assert torch.equal(p, from_adapter.head.state_dict()[k]), k
 
 
 def test_resume_equals_uninterrupted(tiny_model_dir, synth_train, tmp_path, make_sft_config):
