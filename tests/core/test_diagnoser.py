@@ -162,7 +162,7 @@ def test_loading_errors(tmp_path, tiny_model_dir):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Diagnoser.from_pretrained(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
-        Diagnoser.from_pretrained("GYX97/ImageDoctor-not-cached")
+        Diagnoser.from_pretrained("example-org/not-in-the-cache")  # hub id form, offline: clear error
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     shutil.copy(tiny_model_dir / "config.json", pickled / "config.json")
