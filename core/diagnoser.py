@@ -553,33 +553,41 @@ class Diagnoser:
                 frame = Frame.pixels(*resized[i].size) if format == "imagedoctor" and self.family == "qwen2_5_vl" else None
                 diags.append(parse(text, format, img.width, img.height, frame=frame, prompt=prs[i]))
             if want_maps:
-                self._attach_heatmaps(diags, out, inputs["image_grid_thw"], [im.size for im in imgs])
+                self.attach_heatmaps(diags, out, inputs["image_grid_thw"], [im.size for im in imgs])
             results.extend(diags)
             if progress:
                 progress(base + max_new_tokens, total)
         return results
 
-    def _attach_heatmaps(self, diags: list[Diagnosis], out, grid_thw, sizes) -> None:
+    def attach_heatmaps(self, diags: list[Diagnosis], out, grid_thw, sizes, fallback: bool = True) -> None:
+        """Decode each diagnosis' heatmaps from the states that predicted its task tokens (in place).
+
+        ``out`` is a `GenerationOutput` with states and visual tokens. A task token that was not
+        emitted (truncated output, an untrained model): with ``fallback`` the state after the whole
+        answer (where the token would have come next) is used and a problem is noted; without it the
+        image gets no heatmaps (GRPO: the heatmap reward then scores it 0).
+        """
         import torch
 
-        rows = []
+        rows, keep = [], []
         for i, d in enumerate(diags):
             pair = []
             for name in ("misalignment", "artifact"):
-                tid = self.task_token_ids[name]
-                hits = (out.sequences[i, : out.lengths[i]] == tid).nonzero()
+                hits = (out.sequences[i, : out.lengths[i]] == self.task_token_ids[name]).nonzero()
                 if len(hits):
-                    t = int(hits[0])
-                else:
-                    # Not emitted (truncated output, or an untrained model): use the state after
-                    # the whole answer, where the token would have come next, and say so.
-                    t = max(out.lengths[i] - 1, 0)
+                    pair.append(out.states[i, int(hits[0])])
+                elif fallback:
                     d.problems.append(f"{name} task token not generated; heatmap decoded from the final state")
-                pair.append(out.states[i, t])
-            rows.append(torch.stack(pair))
-        maps = self.decode_heatmaps(torch.stack(rows), out.visual, grid_thw, sizes)
-        for d, (mis, art) in zip(diags, maps):
-            d.heatmaps = {"misalignment": mis, "artifact": art}
+                    pair.append(out.states[i, max(out.lengths[i] - 1, 0)])
+            if len(pair) == 2:
+                rows.append(torch.stack(pair))
+                keep.append(i)
+        if not rows:
+            return
+        maps = self.decode_heatmaps(torch.stack(rows), [out.visual[i] for i in keep], grid_thw[keep],
+                                    [sizes[i] for i in keep])
+        for i, (mis, art) in zip(keep, maps):
+            diags[i].heatmaps = {"misalignment": mis, "artifact": art}
 
     def __repr__(self) -> str:
         return (f"Diagnoser(source={self.source!r}, family={self.family!r}, format={self.format!r}, "

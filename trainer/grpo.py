@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
+
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -37,16 +37,15 @@ from .diagnoser_config import GRPOConfig
 from .diagnoser_rewards import compute_rewards
 from .sft import (
     Example,
+    TrainerBase,
     MetricsLog,
     build_optimizer,
     batch_order,
     load_example,
     load_samples,
     prepare_diagnoser,
-    save_final,
     seed_everything,
     target_frame,
-    to_device,
 )
 
 logger = logging.getLogger("imagedoctor.trainer")
@@ -112,7 +111,7 @@ def eos_ids(tokenizer) -> list[int]:
     return sorted({i for i in ids if isinstance(i, int) and i >= 0})
 
 
-class GRPOTrainer:
+class GRPOTrainer(TrainerBase):
     """GRPO of a diagnoser from a `GRPOConfig`; ``train()`` runs ``max_steps`` iterations.
 
     ``reward_fns`` adds extra plain reward functions ``fn(pred, gt) -> float`` by name; their
@@ -183,7 +182,8 @@ class GRPOTrainer:
             diags.append(parse(text, cfg.format, img.width, img.height,
                                frame=target_frame(cfg, dg.family, img.width, img.height), prompt=prompts[i]))
         if need_maps:
-            self._attach_maps(diags, out, inputs["image_grid_thw"], [im.size for im in images])
+            # A rollout that did not emit a task token gets no map (the heatmap reward scores it 0).
+            dg.attach_heatmaps(diags, out, inputs["image_grid_thw"], [im.size for im in images], fallback=False)
         total, parts = compute_rewards(diags, gts, cfg.rewards, cfg.format, cfg.stage, self.embed)
         for name, fn in self.extra_rewards.items():
             parts[name] = np.array([fn(p, g) for p, g in zip(diags, gts)], dtype=np.float64)
@@ -192,24 +192,6 @@ class GRPOTrainer:
         mask = torch.arange(out.sequences.shape[1], device=lengths.device)[None] < lengths[:, None]
         return {"inputs": inputs, "sequences": out.sequences, "mask": mask, "diagnoses": diags,
                 "rewards": torch.tensor(total, dtype=torch.float32), "parts": parts}
-
-    def _attach_maps(self, diags: list[Diagnosis], out, grid_thw, sizes) -> None:
-        """Heatmaps of each rollout from the states that predicted its task tokens (None if absent)."""
-        rows, keep = [], []
-        for i in range(len(diags)):
-            pair = []
-            for name in ("misalignment", "artifact"):
-                hits = (out.sequences[i, : out.lengths[i]] == self.dg.task_token_ids[name]).nonzero()
-                pair.append(out.states[i, int(hits[0])] if len(hits) else None)
-            if all(p is not None for p in pair):
-                rows.append(torch.stack(pair))
-                keep.append(i)
-        if not rows:
-            return
-        maps = self.dg.decode_heatmaps(torch.stack(rows), [out.visual[i] for i in keep], grid_thw[keep],
-                                       [sizes[i] for i in keep])
-        for i, (mis, art) in zip(keep, maps):
-            diags[i].heatmaps = {"misalignment": mis, "artifact": art}
 
     # --- optimisation ----------------------------------------------------------------------
     def _policy_inputs(self, roll: dict[str, Any]) -> dict[str, Any]:
@@ -322,21 +304,7 @@ class GRPOTrainer:
             if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
                 self._checkpoint(step)
         bar.close()
-        self._checkpoint(step)
-        result: dict[str, Any] = {"step": step, **last}
-        if acc.is_main_process:
-            result["model_dir"] = str(save_final(self.dg, self.peft_model, self.out, cfg.save_adapter))
-            result["eval"] = self.evaluate()
-            log.log(step, result["eval"])
-        log.close()
-        acc.wait_for_everyone()
-        return result
-
-    def _checkpoint(self, step: int) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            ckpt.save_checkpoint(self.out / "checkpoints", step, self.raw_module, self.optimizer, self.scheduler,
-                                 self.cfg.to_dict(), keep=self.cfg.save_total_limit)
+        return self._finish(step, last, log)
 
 
 # --- CLI -------------------------------------------------------------------------------------

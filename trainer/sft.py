@@ -447,7 +447,30 @@ def evaluate_sft(dg: Diagnoser, module: DiagnoserSFTModule, examples: Sequence[E
 
 
 # --- trainer -------------------------------------------------------------------------------
-class SFTTrainer:
+class TrainerBase:
+    """What the SFT and GRPO trainers share: atomic checkpoints and the end of a run."""
+
+    def _checkpoint(self, step: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            ckpt.save_checkpoint(self.out / "checkpoints", step, self.raw_module, self.optimizer, self.scheduler,
+                                 self.cfg.to_dict(), keep=self.cfg.save_total_limit)
+
+    def _finish(self, step: int, last: dict[str, float], log: "MetricsLog") -> dict[str, Any]:
+        """Final checkpoint, the merged model folder and held-out metrics; returns the run's summary."""
+        acc = self.accelerator
+        self._checkpoint(step)
+        result: dict[str, Any] = {"step": step, **last}
+        if acc.is_main_process:
+            result["model_dir"] = str(save_final(self.dg, self.peft_model, self.out, self.cfg.save_adapter))
+            result["eval"] = self.evaluate()
+            log.log(step, result["eval"])
+        log.close()
+        acc.wait_for_everyone()
+        return result
+
+
+class SFTTrainer(TrainerBase):
     """Cold-start SFT of a diagnoser from an `SFTConfig`; ``train()`` runs it to ``max_steps``."""
 
     def __init__(self, config: SFTConfig, resume: str | None = None):
@@ -534,21 +557,7 @@ class SFTTrainer:
             if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
                 self._checkpoint(step)
         bar.close()
-        self._checkpoint(step)
-        result: dict[str, Any] = {"step": step, **last}
-        if acc.is_main_process:
-            result["model_dir"] = str(save_final(self.dg, self.peft_model, self.out, cfg.save_adapter))
-            result["eval"] = self.evaluate()
-            log.log(step, result["eval"])
-        log.close()
-        acc.wait_for_everyone()
-        return result
-
-    def _checkpoint(self, step: int) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            ckpt.save_checkpoint(self.out / "checkpoints", step, self.raw_module, self.optimizer, self.scheduler,
-                                 self.cfg.to_dict(), keep=self.cfg.save_total_limit)
+        return self._finish(step, last, log)
 
 
 class _null:

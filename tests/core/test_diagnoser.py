@@ -48,7 +48,7 @@ def test_heatmap_uses_state_predicting_task_token(tiny_diagnoser, images):
     from imagedoctor.core import Diagnosis
 
     d = Diagnosis(width=60, height=40)
-    dg._attach_heatmaps([d], GenerationOutput(seq, [5], states, visual), grid, [(60, 40)])
+    dg.attach_heatmaps([d], GenerationOutput(seq, [5], states, visual), grid, [(60, 40)])
     [(m_ref, a_ref)] = dg.decode_heatmaps(states[:, [1, 3]], visual, grid, [(60, 40)])
     np.testing.assert_allclose(d.heatmaps["misalignment"], m_ref)
     np.testing.assert_allclose(d.heatmaps["artifact"], a_ref)
