@@ -171,7 +171,8 @@ class GRPOTrainer(TrainerBase):
         try:
             out = generate_batch(dg.model, inputs, max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos_ids(tok),
                                  pad_token_id=tok.pad_token_id, do_sample=do_sample, temperature=cfg.temperature,
-                                 top_p=cfg.top_p, seed=seed, capture_states=need_maps, capture_visual=need_maps)
+                                 top_p=cfg.top_p, seed=seed, capture_states=need_maps, capture_visual=need_maps,
+                                 suppress_token_ids=dg.vision_token_ids)
         finally:
             dg.model.train(was_training)
         prefill = assistant_prefill(cfg.format, cfg.think)
@@ -196,14 +197,8 @@ class GRPOTrainer(TrainerBase):
     def _policy_inputs(self, roll: dict[str, Any]) -> dict[str, Any]:
         inputs = roll["inputs"]
         seqs = roll["sequences"]
-        # A sampled vision placeholder (<|image_pad|>, ...) in a completion would be read as an extra
-        # image slot by the forward pass: feed the pad token there instead (its log-prob still counts).
-        tok = self.dg.processor.tokenizer
-        cfg_ids = [getattr(self.dg.model.config, k, None) for k in
-                   ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")]
-        vision = torch.tensor([i for i in cfg_ids if isinstance(i, int)], device=seqs.device)
-        safe = seqs.masked_fill(torch.isin(seqs, vision), tok.pad_token_id)
-        ids = torch.cat([inputs["input_ids"], safe], dim=1)
+        # Vision placeholders are never sampled (rollouts suppress them), so completions feed back as-is.
+        ids = torch.cat([inputs["input_ids"], seqs], dim=1)
         mask = torch.cat([inputs["attention_mask"], roll["mask"].to(inputs["attention_mask"].dtype)], dim=1)
         batch = dict(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"],
                      image_grid_thw=inputs["image_grid_thw"], prompt_length=int(inputs["input_ids"].shape[1]),
