@@ -560,16 +560,21 @@ def config_from_args(args, cls):
     return load_config(args.config, cls, overrides)
 
 
-def _run(args) -> int:
+def run_command(args, config_cls, trainer_cls) -> int:
+    """Run one generator-training command (``flow-grpo``, ``sft-generator``) from parsed CLI args."""
     if args.help_config:
-        print(FlowGRPOConfig.help_text())
+        print(config_cls.help_text())
         return 0
-    config = config_from_args(args, FlowGRPOConfig)
-    trainer = FlowGRPOTrainer(config)
+    config = config_from_args(args, config_cls)
+    trainer = trainer_cls(config)
     trainer.train(resume=args.resume)
     if trainer.accelerator.is_main_process:
         print(f"LoRA written to {Path(config.output_dir) / config.export_name}")
     return 0
+
+
+def _run(args) -> int:
+    return run_command(args, FlowGRPOConfig, FlowGRPOTrainer)
 
 
 def add_parser(subparsers) -> None:

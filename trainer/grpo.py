@@ -18,7 +18,6 @@ per completion first.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from .diagnoser_rewards import compute_rewards
 from .sft import (
     Example,
     TrainerBase,
+    add_trainer_parser,
     MetricsLog,
     build_optimizer,
     batch_order,
@@ -304,15 +304,4 @@ class GRPOTrainer(TrainerBase):
 # --- CLI -------------------------------------------------------------------------------------
 def add_parser(subparsers) -> Any:
     """Register ``grpo`` on the trainer CLI (``python -m imagedoctor.trainer grpo --config C.yaml``)."""
-    p = subparsers.add_parser("grpo", help="GRPO of the diagnoser with verifiable rewards")
-    p.add_argument("--config", required=True, help="YAML config (keys: docs/training-diagnoser.md)")
-    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to resume from")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args) -> int:
-    cfg = GRPOConfig.from_yaml(args.config)
-    result = GRPOTrainer(cfg, resume=args.resume).train()
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    return add_trainer_parser(subparsers, "grpo", "GRPO of the diagnoser with verifiable rewards", GRPOConfig, GRPOTrainer)

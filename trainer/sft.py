@@ -569,17 +569,21 @@ class _null:
 
 
 # --- CLI -------------------------------------------------------------------------------------
-def add_parser(subparsers) -> Any:
-    """Register ``sft`` on the trainer CLI (``python -m imagedoctor.trainer sft --config C.yaml``)."""
-    p = subparsers.add_parser("sft", help="cold-start SFT of the diagnoser (CE + heatmap MSE)")
+def add_trainer_parser(subparsers, name: str, help: str, config_cls, trainer_cls) -> Any:
+    """Register a diagnoser-training command: ``--config C.yaml [--resume latest|DIR]``, prints the summary."""
+
+    def run(args) -> int:
+        result = trainer_cls(config_cls.from_yaml(args.config), resume=args.resume).train()
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+
+    p = subparsers.add_parser(name, help=help)
     p.add_argument("--config", required=True, help="YAML config (keys: docs/training-diagnoser.md)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to resume from")
-    p.set_defaults(func=run_cli)
+    p.set_defaults(func=run)
     return p
 
 
-def run_cli(args) -> int:
-    cfg = SFTConfig.from_yaml(args.config)
-    result = SFTTrainer(cfg, resume=args.resume).train()
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+def add_parser(subparsers) -> Any:
+    """Register ``sft`` on the trainer CLI (``python -m imagedoctor.trainer sft --config C.yaml``)."""
+    return add_trainer_parser(subparsers, "sft", "cold-start SFT of the diagnoser (CE + heatmap MSE)", SFTConfig, SFTTrainer)

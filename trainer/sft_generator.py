@@ -32,7 +32,7 @@ from .flow_grpo_trainer import (
     _lora_init,
     add_config_arguments,
     build_optimizer,
-    config_from_args,
+    run_command,
     find_checkpoint,
     load_pipeline,
     make_accelerator,
@@ -237,15 +237,7 @@ class SFTGeneratorTrainer:
 
 
 def _run(args) -> int:
-    if args.help_config:
-        print(SFTGeneratorConfig.help_text())
-        return 0
-    config = config_from_args(args, SFTGeneratorConfig)
-    trainer = SFTGeneratorTrainer(config)
-    trainer.train(resume=args.resume)
-    if trainer.accelerator.is_main_process:
-        print(f"LoRA written to {Path(config.output_dir) / config.export_name}")
-    return 0
+    return run_command(args, SFTGeneratorConfig, SFTGeneratorTrainer)
 
 
 def add_parser(subparsers) -> None:
