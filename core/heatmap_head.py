@@ -38,6 +38,10 @@ class HeatmapHeadConfig:
     mlp_dim: int = 2048
     num_heads: int = 8
     mask_in_chans: int = 16
+    #: Stride-2 stages of the upsampler: maps come out at 2**upsample_stages x the visual grid.
+    #: 4 (16x) is upstream; fewer stages are an opt-in for small CPU models (the maps are
+    #: resized to the image anyway), e.g. 2 for the mini diagnoser.
+    upsample_stages: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +55,8 @@ class HeatmapHeadConfig:
         if unknown:
             raise ValueError(f"unknown heatmap_head config key(s) {sorted(unknown)}")
         cfg = cls(**data)
+        if not isinstance(cfg.upsample_stages, int) or not 1 <= cfg.upsample_stages <= 4:
+            raise ValueError(f"heatmap_head upsample_stages must be an integer 1-4, got {cfg.upsample_stages!r}")
         if cfg.embed_dim % 4 or cfg.embed_dim % cfg.num_heads or (cfg.embed_dim // 2) % cfg.num_heads:
             raise ValueError(
                 f"heatmap_head embed_dim={cfg.embed_dim} must be divisible by 4 and by 2*num_heads={2 * cfg.num_heads}"
@@ -243,16 +249,18 @@ class PromptEncoder(nn.Module):
 
 
 class HeatmapPredictor(nn.Module):
-    """Upsampler [B, E, h, w] -> [B, E/4, 16h, 16w]: two 3x3 convs, four stride-2 residual stages.
+    """Upsampler [B, E, h, w] -> [B, E/4, S h, S w] (S = 2**n_stages, 16 upstream): two 3x3 convs,
+    then ``n_stages`` stride-2 residual stages.
 
     Channel widths scale with E; E = 768 gives the published 768/384 stem, 768/384/384/192 stages.
+    Fewer stages keep the first ones (same parameter names).
     """
 
-    def __init__(self, n_channels: int):
+    def __init__(self, n_channels: int, n_stages: int = 4):
         super().__init__()
         e = n_channels
         stem = (e, e // 2)
-        stages = (e, e // 2, e // 2, e // 4)
+        stages = (e, e // 2, e // 2, e // 4)[:n_stages]
         self.conv_layers = nn.Sequential(
             nn.Conv2d(e, stem[0], 3, padding="same"),
             nn.ReLU(),
@@ -291,13 +299,13 @@ class HeatmapPredictor(nn.Module):
 class MaskDecoder(nn.Module):
     """One learnable mask token + task tokens, two-way transformer, hypernetwork dot product."""
 
-    def __init__(self, transformer_dim: int, transformer: TwoWayTransformer):
+    def __init__(self, transformer_dim: int, transformer: TwoWayTransformer, upsample_stages: int = 4):
         super().__init__()
         self.transformer_dim = transformer_dim
         self.transformer = transformer
         self.num_mask_tokens = 1
         self.mask_tokens = nn.Embedding(1, transformer_dim)
-        self.output_upscaling = HeatmapPredictor(transformer_dim)
+        self.output_upscaling = HeatmapPredictor(transformer_dim, upsample_stages)
         self.output_hypernetworks_mlps = nn.ModuleList([MLP(transformer_dim, transformer_dim, transformer_dim // 4, 3)])
 
     def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
@@ -329,7 +337,8 @@ class HeatmapHead(nn.Module):
         self.text_hidden_fcs = _projection(config.text_dim, e)
         self.image_hidden_fcs = _projection(config.image_dim, e)
         self.prompt_encoder = PromptEncoder(e, config.mask_in_chans)
-        self.heatmap = MaskDecoder(e, TwoWayTransformer(config.depth, e, config.num_heads, config.mlp_dim))
+        self.heatmap = MaskDecoder(e, TwoWayTransformer(config.depth, e, config.num_heads, config.mlp_dim),
+                                   config.upsample_stages)
 
     def forward(self, task_states: torch.Tensor, image_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """task_states [N, text_dim], image_tokens [N, h*w, image_dim] (one image per map) -> [N, 16h, 16w]."""
