@@ -17,6 +17,7 @@ FINETUNING = ("lora", "full")
 PRECISIONS = ("no", "fp16", "bf16")
 LOSS_TYPES = ("token", "sequence")
 REWARD_NAMES = ("score", "heatmap", "grounding", "sdg", "format")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -57,7 +58,9 @@ class DiagnoserTrainConfig:
     head_learning_rate: float | None = field(default=None, metadata={"help": "Learning rate of the heatmap head "
                                                                               "(default: learning_rate)."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps (then constant)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps (then lr_scheduler_type)."})
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "Learning-rate schedule after "
+                                   f"the warm-up: one of {list(LR_SCHEDULERS)}."})
     max_steps: int = field(default=1000, metadata={"help": "Optimizer steps to train."})
     batch_size: int = field(default=4, metadata={"help": "Images per device per micro-batch."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
@@ -92,6 +95,8 @@ class DiagnoserTrainConfig:
             _fail("mixed_precision", f"must be one of {list(PRECISIONS)}, got {self.mixed_precision!r}")
         if self.dtype not in ("fp32", "bf16", "fp16", "auto"):
             _fail("dtype", f"must be fp32, bf16, fp16 or auto, got {self.dtype!r}")
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            _fail("lr_scheduler_type", f"must be one of {list(LR_SCHEDULERS)}, got {self.lr_scheduler_type!r}")
         if self.report_to not in ("tensorboard", "none"):
             _fail("report_to", f"must be 'tensorboard' or 'none', got {self.report_to!r}")
         if self.image_area is not None and (not isinstance(self.image_area, int) or self.image_area < 28 * 28):

@@ -101,6 +101,31 @@ def load_example(sample, cfg: DiagnoserTrainConfig, family: str) -> Example:
     return Example(sample.id, image, sample.prompt, gt, render_target(gt, cfg, family, sample.prompt))
 
 
+class LazyExamples(Sequence):
+    """`Example` i of ``samples``, read from disk and rendered when indexed (not kept in memory).
+
+    Training sets of many thousand images (the mini recipe) would not fit in memory as decoded
+    images and float heatmaps; reading one batch costs a few milliseconds per image.
+    """
+
+    def __init__(self, samples: Sequence, cfg: DiagnoserTrainConfig, family: str):
+        self.samples, self.cfg, self.family = list(samples), cfg, family
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Example:
+        return load_example(self.samples[i], self.cfg, self.family)
+
+
+def has_heatmap(sample) -> bool:
+    """Whether a sample carries at least one heatmap, without decoding it when it is on disk."""
+    paths = getattr(sample, "heatmap_paths", None)
+    if paths and any(p is not None for p in paths.values()):
+        return True
+    return any(h is not None for h in sample.load_diagnosis(heatmaps=True).heatmaps.values())
+
+
 def gt_map_tensor(hm: np.ndarray | None, size: int) -> torch.Tensor | None:
     """(H, W) map in [0, 1] -> [size, size] float tensor (bilinear), or None."""
     if hm is None:
@@ -349,9 +374,23 @@ def build_optimizer(module: nn.Module, cfg: DiagnoserTrainConfig):
     if not lm and not head:
         raise ConfigError("config key 'finetuning': nothing is trainable with these settings")
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
-    warm = cfg.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-    return opt, sched
+    return opt, lr_schedule(opt, cfg)
+
+
+def lr_schedule(opt, cfg: DiagnoserTrainConfig):
+    """Linear warm-up over ``warmup_steps``, then ``lr_scheduler_type`` (constant, linear or cosine
+    decay to 0 at ``max_steps``)."""
+    warm, total, kind = cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type
+
+    def factor(step: int) -> float:
+        if kind != "constant" and warm and step < warm:
+            return (step + 1) / warm
+        if kind in ("constant", "constant_with_warmup"):
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def seed_everything(seed: int) -> None:
@@ -491,11 +530,10 @@ class SFTTrainer(TrainerBase):
         seed_everything(cfg.seed)
         self.dg, self.peft_model = prepare_diagnoser(cfg, need_head=cfg.heatmap_weight > 0)
         family = self.dg.family
-        self.train_examples = [load_example(s, cfg, family) for s in self.train_samples]
+        self.train_examples = LazyExamples(self.train_samples, cfg, family)
         self.eval_examples = [load_example(s, cfg, family) for s in self.eval_samples]
-        if cfg.heatmap_weight > 0 and not any(
-            any(e.gt.heatmaps.get(n) is not None for n in ("misalignment", "artifact")) for e in self.train_examples
-        ):
+        self.train_examples[0]  # a sample that cannot be read fails here, not at step N
+        if cfg.heatmap_weight > 0 and not any(has_heatmap(s) for s in self.train_samples):
             raise TrainingDataError("config key 'heatmap_weight' > 0 but no training sample has a heatmap; "
                                     "add heatmaps to data.jsonl or set heatmap_weight: 0")
         module = DiagnoserSFTModule(self.dg, cfg.heatmap_weight, cfg.heatmap_size)
