@@ -408,8 +408,13 @@ def scores_from_defects(defects: list[Defect], n_objects: int) -> Scores:
 # ----------------------------------------------------------------------------------------------
 # one sample
 # ----------------------------------------------------------------------------------------------
-def render_sample(seed: int, index: int, size: int = 512, p_clean: float = 0.2):
-    """Sample ``index`` of ``seed``: returns a `imagedoctor.core.data.Sample` with the image in memory."""
+def render_sample(seed: int, index: int, size: int = 512, p_clean: float = 0.2, artifacts: bool = True):
+    """Sample ``index`` of ``seed``: returns a `imagedoctor.core.data.Sample` with the image in memory.
+
+    ``artifacts=False`` stops before the artifacts are painted: the same scene (misalignments
+    included) with the pixels the artifacts replaced intact, i.e. the clean source of every
+    artifact region (its ground truth lists the misalignments only).
+    """
     from PIL import Image, ImageDraw
 
     from .data.project import Sample
@@ -440,7 +445,7 @@ def render_sample(seed: int, index: int, size: int = 512, p_clean: float = 0.2):
     img = np.array(canvas)
     taken = [inj.box for inj in injected]
     n_done = 0
-    for kind in rng.choice(ARTIFACT_KINDS, size=len(ARTIFACT_KINDS), replace=False):
+    for kind in rng.choice(ARTIFACT_KINDS, size=len(ARTIFACT_KINDS), replace=False) if artifacts else ():
         if n_done >= n_art:
             break
         inj = _artifact(rng, img, scene, str(kind), size, taken, background)
