@@ -16,6 +16,7 @@ COMMANDS = {
     "diagnose": ".core.commands",
     "parse": ".core.commands",
     "tiny-model": ".core.commands",
+    "mini-model": ".core.mini",
     "demo": ".core.demo",
     "synth": ".core.synth",
     "eval": ".core.evaluate",

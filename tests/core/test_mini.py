@@ -1,0 +1,77 @@
+"""The mini diagnoser's builder: domain tokenizer, chat template, head with fewer upsampling stages."""
+
+import pytest
+import torch
+
+from imagedoctor.core.heatmap_head import HeatmapHead, HeatmapHeadConfig
+from imagedoctor.core.mini import build_domain_tokenizer, chat_prompt, domain_corpus
+from imagedoctor.core.prompts import build_prompt
+
+
+@pytest.fixture(scope="module")
+def domain_tokenizer():
+    return build_domain_tokenizer(domain_corpus(n=40, size=128), vocab_size=1200)
+
+
+def test_domain_tokenizer_round_trips_and_compresses_the_prompt(domain_tokenizer):
+    tok = domain_tokenizer
+    text = chat_prompt("two red circles left of a blue square")
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text
+    # ~250 tokens with a word-level pre-tokenizer; the fixed instruction collapses to a few dozen
+    assert len(ids) < 80, len(ids)
+    assert tok.decode(tok("Semantic Alignment score: 0.617;")["input_ids"]).endswith("0.617;")
+    digits = [tok.decode([i]) for i in tok("<point>123,45</point>")["input_ids"]]
+    assert [d for d in digits if d.isdigit()] == ["1", "2", "3", "4", "5"]  # one token per digit
+
+
+def test_prompt_answer_boundary_is_a_token_boundary(domain_tokenizer):
+    """The prompt's tokens are a prefix of (prompt + answer)'s: training labels and generation agree."""
+    tok = domain_tokenizer
+    prompt = chat_prompt("three green triangles above a red square")
+    for answer in ("<think>\nRegion 1 (artifact, importance 40): blur\n</think>\n<answer>Semantic", "<answer>x",
+                   "Semantic Alignment score: 1.0"):
+        p, full = tok(prompt)["input_ids"], tok(prompt + answer)["input_ids"]
+        assert full[: len(p)] == p
+
+
+def test_one_character_prompt_edit_near_a_quote_adds_one_token(domain_tokenizer):
+    """Upstream's runtime prompt has a backslash before the closing quote: one extra token, the rest equal."""
+    tok = domain_tokenizer
+    text = build_prompt("a red circle")
+    edited = text.replace("format: ”", "format: \\”")
+    assert edited != text
+    a, b = tok(text)["input_ids"], tok(edited)["input_ids"]
+    assert len(b) == len(a) + 1
+    k = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert b[:k] + b[k + 1 :] == a
+
+
+def test_processor_chat_template_matches_chat_prompt(tmp_path, domain_tokenizer):
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl import Qwen2VLVideoProcessor
+
+    from imagedoctor.core.mini import MINI_CHAT_TEMPLATE
+    from imagedoctor.core.prompts import build_messages
+
+    proc = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=domain_tokenizer,
+                               video_processor=Qwen2VLVideoProcessor(), chat_template=MINI_CHAT_TEMPLATE)
+    text = proc.apply_chat_template(build_messages("a red circle"), tokenize=False, add_generation_prompt=True)
+    assert text == chat_prompt("a red circle")
+
+
+@pytest.mark.parametrize("stages", [1, 2, 4])
+def test_head_upsample_stages(stages):
+    cfg = HeatmapHeadConfig(text_dim=16, image_dim=8, embed_dim=32, mlp_dim=32, num_heads=2, upsample_stages=stages)
+    head = HeatmapHead(cfg).eval()
+    out = head(torch.randn(3, 16), torch.randn(3, 6, 8), (2, 3))
+    assert out.shape == (3, 2 * 2**stages, 3 * 2**stages)
+    full = set(HeatmapHead(HeatmapHeadConfig(text_dim=16, image_dim=8, embed_dim=32, mlp_dim=32, num_heads=2)).state_dict())
+    names = set(head.state_dict())
+    # fewer stages drop the last stages' parameters; every other name is upstream's
+    assert {n for n in names if "last_conv1" not in n} <= full
+
+
+def test_head_upsample_stages_rejects_bad_values():
+    with pytest.raises(ValueError, match="upsample_stages"):
+        HeatmapHeadConfig.from_dict({"upsample_stages": 5}, text_dim=16, image_dim=8)
