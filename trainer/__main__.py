@@ -18,6 +18,7 @@ COMMANDS = {
     "sft-generator": ".sft_generator",
     "sft": ".sft",
     "grpo": ".grpo",
+    "recipe": ".recipe",
 }
 
 
