@@ -42,6 +42,9 @@ FAMILIES = {
 }
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 HEAD_FILE = "model-heatmap-head.safetensors"
+#: Models shipped inside the package, by name. ``imagedoctor-mini`` is trained on synthetic shapes
+#: only (docs/mini-model.md): for trying the pack; real images need the published checkpoints.
+BUILTIN_MODELS = {"imagedoctor-mini": Path(__file__).resolve().parent / "weights" / "imagedoctor-mini"}
 
 
 @dataclass
@@ -109,6 +112,13 @@ def _resolve_folder(path_or_id: str | os.PathLike, local_files_only: bool) -> Pa
     if p.exists():
         raise FileNotFoundError(f"{p} is a file; point to the model folder that contains config.json")
     name = str(path_or_id)
+    # Precedence: an existing local folder (above) > a built-in name > a hub id ("owner/name").
+    if name in BUILTIN_MODELS:
+        folder = BUILTIN_MODELS[name]
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"built-in model {name!r} is missing from this installation ({folder}); "
+                                    "reinstall imagedoctor or pass a model folder")
+        return folder
     if name.count("/") != 1 or name.startswith((".", "/")):
         raise FileNotFoundError(f"model folder {name!r} does not exist (and it is not a hub id like 'GYX97/ImageDoctor')")
     from huggingface_hub import snapshot_download

@@ -75,3 +75,21 @@ def test_head_upsample_stages(stages):
 def test_head_upsample_stages_rejects_bad_values():
     with pytest.raises(ValueError, match="upsample_stages"):
         HeatmapHeadConfig.from_dict({"upsample_stages": 5}, text_dim=16, image_dim=8)
+
+
+def test_builtin_name_resolution_and_precedence(tmp_path, monkeypatch, tiny_model_dir):
+    """A local folder named like the built-in wins; then the built-in name; hub ids keep their slash."""
+    import shutil
+
+    from imagedoctor.core import diagnoser
+
+    monkeypatch.setitem(diagnoser.BUILTIN_MODELS, "imagedoctor-mini", tiny_model_dir)
+    monkeypatch.chdir(tmp_path)
+    assert diagnoser._resolve_folder("imagedoctor-mini", True) == tiny_model_dir
+    local = tmp_path / "imagedoctor-mini"
+    shutil.copytree(tiny_model_dir, local)
+    assert diagnoser._resolve_folder("imagedoctor-mini", True).resolve() == local.resolve()
+    shutil.rmtree(local)
+    monkeypatch.setitem(diagnoser.BUILTIN_MODELS, "imagedoctor-mini", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="missing from this installation"):
+        diagnoser._resolve_folder("imagedoctor-mini", True)
