@@ -25,9 +25,10 @@ LOADER = ("ImageDoctorLoadDiagnosisModel", {"model_name": MODEL, "hf_id": "", "d
                                             "device": "auto", "keep_loaded": True, "allow_download": False})
 
 
-def diagnose(images, model, prompt=PROMPT):
-    return ("ImageDoctorDiagnose", {"model": model, "images": images, "prompt": prompt, "format": "imagedoctor",
-                                    "max_new_tokens": 512, "seed": 0, "per_line_prompts": False, "heatmaps": True})
+def diagnose(images, model, prompt=PROMPT, mode="full", top_k=4):
+    return ("ImageDoctorDiagnose", {"model": model, "images": images, "prompt": prompt, "format": "auto",
+                                    "mode": mode, "top_k": top_k, "max_new_tokens": 512, "sampling": "greedy",
+                                    "seed": 0, "per_line_prompts": False, "heatmaps": True})
 
 
 def ksampler(model, pos, neg, latent, denoise=1.0, seed=42):
@@ -95,11 +96,11 @@ WORKFLOWS = {
         7: ("ImageDoctorRefineDefects", {
             "diagnosis_model": [5, 0], "image": [1, 0], "diagnosis": [6, 0], "model": [2, 0], "vae": [2, 2],
             "positive": [3, 0], "negative": [4, 0], "seed": 0, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
-            "scheduler": "normal", "denoise": 0.6, "score": "overall", "rounds": 2, "context": 1.5,
+            "scheduler": "normal", "denoise": 0.6, "score": "overall", "rounds": 2, "crop_factor": 1.5,
             "guide_size": 512, "feather": -1.0, "color_match": True, "min_importance": 0, "labels": "all",
             "max_regions": 8, "max_new_tokens": 512, "prompt": ""}),
         8: ("SaveImage", {"images": [7, 0], "filename_prefix": "ImageDoctor/refined"}),
-        9: ("ImageDoctorSaveDiagnosis", {"diagnosis": [7, 1], "filename_prefix": "ImageDoctor/refined",
+        9: ("ImageDoctorSaveDiagnosis", {"diagnosis": [7, 1], "filename_prefix": "ImageDoctor/refined_diagnosis",
                                          "heatmaps": "png8"}),
         10: ("ImageDoctorDefectBoxesOverlay", {"images": [7, 0], "diagnosis": [7, 1], "min_importance": 0,
                                                "labels": "all"}),
@@ -124,7 +125,7 @@ def api_format(graph) -> dict:
 
 
 def _control(name, opts) -> bool:
-    return bool(opts.get("control_after_generate")) or name in ("seed", "noise_seed")
+    return bool(opts.get("control_after_generate"))
 
 
 def ui_format(graph, sigs) -> dict:

@@ -79,7 +79,7 @@ def test_ui_workflow_valid(path):
         for inp in n["inputs"]:
             assert inp["name"] in names
         assert [o["type"] for o in n["outputs"]] == sig["outputs"]
-        n_widgets = sum(1 + (1 if (o.get("control_after_generate") or name == "seed") else 0)
+        n_widgets = sum(1 + (1 if o.get("control_after_generate") else 0)
                         + (1 if n["type"] == "LoadImage" else 0)
                         for name, t, o, _ in sig["inputs"] if is_widget(t))
         assert len(n["widgets_values"]) == n_widgets, f"{n['type']}: widgets_values length"
