@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -2,7 +2,6 @@
 links connect matching types; UI and API files agree with tests/nodes/build_workflows.py."""
 
 import json
-from pathlib import Path
 
 import pytest
 
