@@ -50,6 +50,7 @@ def add_parser(subparsers) -> None:
     arg("shard_size", type=int, default=256)
     arg("heatmaps", choices=HEATMAP_MODES, default="none")
     arg("max_new_tokens", type=int, default=1024)
+    arg("min_new_tokens", type=int, default=0)
     p.add_argument("--no-think", dest="think", action="store_false", help="Scores without the reasoning block "
                                                                           "(ImageDoctor's fast mode).")
     arg("image_area", type=_image_area, default="auto")

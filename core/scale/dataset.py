@@ -70,6 +70,7 @@ class DiagnoseDatasetConfig:
     heatmaps: str = field(default="none", metadata={"help": "Heatmap columns: 'none', 'png' (8-bit PNG bytes) or "
                                                             "'f16' (raw little-endian float16)."})
     max_new_tokens: int = field(default=1024, metadata={"help": "Longest answer generated per image."})
+    min_new_tokens: int = field(default=0, metadata={"help": "Force at least this many new tokens (benchmarks)."})
     think: bool = field(default=True, metadata={"help": "Ask for the reasoning block (ImageDoctor); off = scores "
                                                         "only, faster."})
     image_area: int | None | str = field(default="auto", metadata={"help": "Resize images to about this many pixels "
@@ -95,6 +96,8 @@ class DiagnoseDatasetConfig:
         for name in ("batch_size", "shard_size", "max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be between 0 and max_new_tokens, got {self.min_new_tokens}")
         if self.shard_size < self.batch_size:
             raise ValueError(f"shard_size ({self.shard_size}) must be at least batch_size ({self.batch_size}): a "
                              "model batch never spans two shards")
@@ -186,6 +189,7 @@ def job_record(cfg: DiagnoseDatasetConfig, manifest: Manifest, fmt: str, model_s
         "schema": SCHEMA_ID, "input_format": manifest.format, "n_rows": len(manifest),
         "input_sha256": manifest.fingerprint(), "image_column": cfg.image_column, "model": cfg.model,
         "model_sha256": model_sha, "format": fmt, "dtype": cfg.dtype, "max_new_tokens": cfg.max_new_tokens,
+        "min_new_tokens": cfg.min_new_tokens,
         "think": cfg.think, "image_area": area, "heatmaps": cfg.heatmaps, "batch_size": cfg.batch_size,
         "shard_size": cfg.shard_size,
     }
@@ -224,7 +228,7 @@ class _Progress:
 # ----------------------------------------------------------------------------------------------
 def _worker_kwargs(cfg: DiagnoseDatasetConfig) -> dict[str, Any]:
     return dict(model=cfg.model, model_id=cfg.model, dtype=cfg.dtype, max_new_tokens=cfg.max_new_tokens,
-                think=cfg.think, heatmaps=cfg.heatmaps)
+                min_new_tokens=cfg.min_new_tokens, think=cfg.think, heatmaps=cfg.heatmaps)
 
 
 def run_local(cfg: DiagnoseDatasetConfig, manifest: Manifest, pending: list[int], area: int | None,

@@ -303,7 +303,7 @@ class GroupDiagnoser:
 
     def __init__(self, model: str, model_id: str | None = None, dtype: str = "auto", device: str | None = None,
                  max_new_tokens: int = 1024, think: bool = True, heatmaps: str = "none",
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, min_new_tokens: int = 0):
         if heatmaps not in HEATMAP_MODES:
             raise ValueError(f"heatmaps must be one of {list(HEATMAP_MODES)}, got {heatmaps!r}")
         if torch_threads:
@@ -315,11 +315,13 @@ class GroupDiagnoser:
         self.diagnoser = Diagnoser.from_pretrained(model, dtype=dtype, device=device)
         self.model_id = model_id or str(model)
         self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
         self.think = think
         self.heatmaps = heatmaps
 
     def _diagnose(self, images: list, prompts: list[str]) -> list[Diagnosis]:
-        out = self.diagnoser.diagnose(images, prompts, max_new_tokens=self.max_new_tokens, batch_size=len(images),
+        out = self.diagnoser.diagnose(images, prompts, max_new_tokens=self.max_new_tokens,
+                                      min_new_tokens=self.min_new_tokens, batch_size=len(images),
                                       heatmaps=self.heatmaps != "none", think=self.think, image_area=None)
         if len(out) != len(images):
             raise RuntimeError(f"the diagnoser returned {len(out)} diagnoses for {len(images)} images")

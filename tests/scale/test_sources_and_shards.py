@@ -16,7 +16,15 @@ from imagedoctor.core.diagnosis import Defect, Diagnosis, Scores
 from imagedoctor.core.scale import DiagnoseDatasetConfig, read_manifest, read_results, row_to_diagnosis
 from imagedoctor.core.scale.dataset import job_record
 from imagedoctor.core.scale.shards import ShardCollector, ShardStore
-from imagedoctor.core.scale.work import decode_groups, make_groups, output_schema, restore_size, result_row
+from imagedoctor.core.scale.work import (
+    decode_groups,
+    decode_heatmap,
+    encode_heatmap,
+    make_groups,
+    output_schema,
+    restore_size,
+    result_row,
+)
 
 
 def png_bytes(seed, size=(60, 40)):
@@ -122,6 +130,15 @@ def test_restore_size_maps_boxes_and_heatmaps_to_the_original():
     r = restore_size(d, 100, 50)
     assert r.defects[0].box == (20.0, 10.0, 40.0, 50.0)
     assert r.heatmaps["artifact"].shape == (50, 100) and r.heatmaps["misalignment"] is None
+
+
+def test_heatmap_encodings_round_trip():
+    hm = np.random.default_rng(0).random((7, 11)).astype(np.float32)
+    f16 = decode_heatmap(encode_heatmap(hm, "f16"), 11, 7, "f16")
+    assert f16.shape == (7, 11) and np.abs(f16 - hm).max() < 1e-3
+    png = decode_heatmap(encode_heatmap(hm, "png"), 11, 7, "png")
+    assert np.abs(png - hm).max() <= 0.5 / 255 + 1e-6
+    assert len(encode_heatmap(hm, "f16")) == 7 * 11 * 2
 
 
 def _job(n, shard_size, heatmaps="png"):
