@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .dataset import ENGINES, DiagnoseDatasetConfig, config_fields, diagnose_dataset
 from .sources import INPUT_FORMATS
@@ -65,6 +66,10 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     kwargs = {f.name: getattr(args, f.name) for f in config_fields()}
-    result = diagnose_dataset(DiagnoseDatasetConfig(**kwargs))
+    try:
+        result = diagnose_dataset(DiagnoseDatasetConfig(**kwargs))
+    except ModuleNotFoundError as exc:  # pyarrow / ray not installed: say which extra to install
+        print(f"imagedoctor diagnose-dataset: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result.to_dict(), indent=2) if args.json else "diagnose-dataset: " + result.line())
     return 0 if result.complete else 1
