@@ -97,15 +97,17 @@ def main() -> None:
     same = True
     for w in [int(x) for x in args.workers.split(",")]:
         out = work_dir / f"ray{w}"
-        # Leave one CPU's worth for the decode tasks; on a GPU each worker takes one GPU.
+        # Leave one CPU's worth for the decode tasks; with GPUs, the workers share them evenly.
         cpw = max(0.25, (cpus - 1) / w) if not gpu else 1.0
+        gpw = min(1.0, torch.cuda.device_count() / w) if gpu else 0.0
         t = time.perf_counter()
         r = diagnose_dataset(DiagnoseDatasetConfig(out=str(out), engine="ray", workers=w, cpus_per_worker=cpw,
                                                    decode_cpus=min(1.0, cpus / 2),
-                                                   gpus_per_worker=1.0 if gpu else 0.0, **common))
+                                                   gpus_per_worker=gpw, **common))
         secs = time.perf_counter() - t
         runs[f"ray_{w}_workers"] = {"seconds": round(secs, 2), "images_per_s": round(args.images / secs, 3),
-                                    "cpus_per_worker": cpw, "torch_threads_per_worker": max(1, int(cpw)),
+                                    "cpus_per_worker": cpw, "gpus_per_worker": gpw,
+                                    "torch_threads_per_worker": max(1, int(cpw)),
                                     "failed": r.failed}
         same = same and read_results(out).equals(read_results(work_dir / "local"))
     ray.shutdown()
