@@ -103,15 +103,15 @@ function renderRefine(p) {
     out.push(el("div", { class: "head" }, `image ${s.image}: ${s.accepted} kept, ${s.rejected} rejected`));
   }
   if (!p.steps.length) out.push(el("div", { class: "muted" }, "no regions to refine"));
-  const head = el("tr", {}, el("th", { class: "l" }, "region"), el("th", {}, `${p.score} before`),
-    el("th", {}, "after"), el("th", { class: "l" }, ""));
-  const rows = p.steps.map((s) => el("tr", { title: s.why || "" },
-    el("td", { class: "l" }, el("span", { class: "tag", style: `background:${LABEL_COLOURS[s.label] || "#888"}` },
-      `${shortLabel[s.label] || s.label} ${s.importance ?? "?"}`), ` r${s.round}.${s.region}`),
-    el("td", {}, fmt(s.before, 4)), el("td", {}, fmt(s.after, 4)),
-    el("td", { class: "l" }, s.verdict === "accepted" ? el("span", { class: "ok" }, "kept")
-      : el("span", { class: "no" }, "rejected"), s.why ? el("span", { class: "muted" }, ` ${s.why}`) : null)));
-  if (p.steps.length) out.push(el("table", {}, head, rows));
+  for (const s of p.steps) {
+    const tag = el("span", { class: "tag", style: `background:${LABEL_COLOURS[s.label] || "#888"}` },
+      `${shortLabel[s.label] || s.label} ${s.importance ?? "?"}`);
+    const verdict = s.verdict === "accepted" ? el("span", { class: "ok" }, "kept") : el("span", { class: "no" }, "rejected");
+    out.push(el("div", { class: "defect" }, tag, el("span", {},
+      `${p.images.length > 1 ? `image ${s.image} ` : ""}round ${s.round}, region ${s.region}: ${p.score} `,
+      el("b", {}, fmt(s.before, 3)), " \u2192 ", el("b", {}, fmt(s.after, 3)), " ", verdict)));
+    if (s.why) out.push(el("div", { class: "muted", style: "margin: -2px 0 3px 8px" }, s.why));
+  }
   return out;
 }
 

@@ -298,22 +298,23 @@ JS_REFINE_GRAPH = """([ckpt, example, diag]) => { const app = window.comfyAPI.ap
   const add = (type, x, y, values = {}) => { const n = LG.createNode(type); n.pos = [x, y]; app.graph.add(n);
     for (const w of n.widgets || []) if (w.name in values) w.value = values[w.name]; return n; };
   const img = add('LoadImage', 40, 70, {image: example});
-  const gt = add('ImageDoctorLoadDiagnosis', 40, 500, {source: diag});
-  const ck = add('CheckpointLoaderSimple', 40, 700, {ckpt_name: ckpt});
-  const pos = add('CLIPTextEncode', 40, 860, {text: 'shapes on a table'});
-  const neg = add('CLIPTextEncode', 40, 1010, {text: 'blurry'});
+  const gt = add('ImageDoctorLoadDiagnosis', 40, 470, {source: diag});
+  const ck = add('CheckpointLoaderSimple', 40, 650, {ckpt_name: ckpt});
+  const pos = add('CLIPTextEncode', 40, 810, {text: 'shapes on a table'});
+  const neg = add('CLIPTextEncode', 40, 960, {text: 'blurry'});
   const dm = add('ImageDoctorLoadDiagnosisModel', 420, 70, {dtype: 'fp32', device: 'cpu'});
   const rf = add('ImageDoctorRefineDefects', 420, 330, {steps: 2, guide_size: 64, max_new_tokens: 16, rounds: 1});
-  const bx = add('ImageDoctorDefectBoxesOverlay', 800, 70);
-  const pv = add('PreviewImage', 800, 250);
-  const sv = add('ImageDoctorSaveDiagnosis', 800, 620, {filename_prefix: 'e2e/ui_refined_diagnosis'});
+  const bx = add('ImageDoctorDefectBoxesOverlay', 820, 70);
+  const pv = add('PreviewImage', 820, 250);
+  const sv = add('ImageDoctorSaveDiagnosis', 820, 660, {filename_prefix: 'e2e/ui_refined_diagnosis'});
   img.connect(0, rf, 'image'); gt.connect(0, rf, 'diagnosis'); dm.connect(0, rf, 'diagnosis_model');
   ck.connect(0, rf, 'model'); ck.connect(2, rf, 'vae'); ck.connect(1, pos, 'clip'); ck.connect(1, neg, 'clip');
   pos.connect(0, rf, 'positive'); neg.connect(0, rf, 'negative');
   img.connect(0, bx, 'images'); gt.connect(0, bx, 'diagnosis'); bx.connect(0, pv, 'images');
   rf.connect(1, sv, 'diagnosis');
-  for (const n of [bx, pv, sv]) n.size = [360, n.size[1]];
-  pv.size = [360, 330]; rf.size = [340, rf.computeSize()[1] + 200];
+  for (const n of [img, gt, ck, pos, neg, dm, bx, sv]) n.size = [340, n.computeSize()[1]];
+  img.size = [340, 340]; gt.size = [340, 120]; pos.size = [340, 110]; neg.size = [340, 110];
+  pv.size = [340, 340]; rf.size = [340, rf.computeSize()[1] + 150];
   app.canvas.ds.scale = 0.8; app.canvas.ds.offset = [0, 0]; app.graph.setDirtyCanvas(true, true); }"""
 
 
