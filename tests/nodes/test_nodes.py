@@ -304,7 +304,7 @@ def test_diagnose_modes(loaded, tiny_diagnoser):
     real = tiny_diagnoser.diagnose
 
     def spy(imgs, prompts, **kw):
-        calls.append((len(prompts), kw.get("think")))
+        calls.append((len(prompts), kw.get("think", True)))  # True: diagnose's default
         return real(imgs, prompts, **kw)
 
     tiny_diagnoser.diagnose = spy
