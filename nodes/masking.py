@@ -36,7 +36,7 @@ def _labels(labels: str):
 
 
 def _defect_mask(diagnosis, source="boxes", labels="all", min_importance=0, threshold=0.5,
-                     weighting="binary", grow=0, feather=0):
+                 weighting="binary", grow=0, feather=0):
     diags = diagnoses(diagnosis, "diagnosis")
     if len({(d.width, d.height) for d in diags}) != 1:
         raise ComfyInputError("input 'diagnosis' describes images of different sizes; a MASK batch needs one size")
@@ -51,7 +51,7 @@ def _defect_mask(diagnosis, source="boxes", labels="all", min_importance=0, thre
 
 
 def _defects_to_segs(image, diagnosis, labels="all", min_importance=0, crop_factor=1.5, drop_size=8,
-                         mask_source="boxes", threshold=0.5, batch_index=0):
+                     mask_source="boxes", threshold=0.5, batch_index=0):
     imgs = image_batch(image, "image")
     b, h, w = imgs.shape[0], imgs.shape[1], imgs.shape[2]
     if not 0 <= int(batch_index) < b:
@@ -117,8 +117,10 @@ class DefectMask(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, **kwargs):
-        return io.NodeOutput(*_defect_mask(**kwargs))
+    def execute(cls, diagnosis, source="boxes", labels="all", min_importance=0, threshold=0.5, weighting="binary",
+                grow=0, feather=0.0):
+        return io.NodeOutput(*_defect_mask(diagnosis, source, labels, min_importance, threshold, weighting, grow,
+                                           feather))
 
 
 class DefectsToSEGS(io.ComfyNode):
@@ -152,8 +154,10 @@ class DefectsToSEGS(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, **kwargs):
-        return io.NodeOutput(*_defects_to_segs(**kwargs))
+    def execute(cls, image, diagnosis, labels="all", min_importance=0, crop_factor=1.5, drop_size=8,
+                mask_source="boxes", threshold=0.5, batch_index=0):
+        return io.NodeOutput(*_defects_to_segs(image, diagnosis, labels, min_importance, crop_factor, drop_size,
+                                               mask_source, threshold, batch_index))
 
 
 NODES = [DefectMask, DefectsToSEGS]
