@@ -1,5 +1,6 @@
 // ImageDoctor panels: draw what a node returned (its UI output under the key "imagedoctor")
-// under the node. Diagnose: scores table and defect list; Best of N: the ranking; Refine Defects:
+// in the node, under its widgets (and above an image preview, which the front end always draws
+// down to the node's bottom). Diagnose: scores table and defect list; Best of N: the ranking; Refine Defects:
 // each region with the score before and after and whether it was kept; Save Diagnosis: the path.
 //
 // Plain JavaScript on the front end's extension API (app.registerExtension, onExecuted,
@@ -169,13 +170,22 @@ function panelWidget(node) {
   return w;
 }
 
-// The front end adds its image preview as a widget when images arrive; keep the panel under it.
-function keepPanelLast(node) {
+// The front end adds its image preview as a widget when images arrive, and draws it over all the
+// space from its top to the node's bottom (renderPreview: node height - widget y): anything placed
+// under it would be painted over. So the panel goes right above the preview; the image keeps the
+// rest of the node and grows when the node is enlarged.
+const PREVIEW = "$$canvas-image-preview";
+
+function placePanel(node) {
   const ws = node.widgets;
   if (!ws) return;
   const i = ws.findIndex((x) => x.name === WIDGET);
-  if (i >= 0 && i !== ws.length - 1) {
-    ws.push(ws.splice(i, 1)[0]);
+  if (i < 0) return;
+  const p = ws.findIndex((x) => x.name === PREVIEW);
+  const want = p < 0 ? ws.length - 1 : (p > i ? p - 1 : p);
+  if (i !== want) {
+    const [w] = ws.splice(i, 1);
+    ws.splice(want, 0, w);
     node.setDirtyCanvas?.(true, true);
   }
 }
@@ -196,7 +206,7 @@ function show(node, panel) {
   const w = panelWidget(node);
   w.imagedoctorBox.replaceChildren(...render(panel));
   w.imagedoctorPanel = panel;
-  keepPanelLast(node);
+  placePanel(node);
   requestAnimationFrame(() => fitNode(node)); // after the box has laid out
 }
 
@@ -249,7 +259,7 @@ if (app?.registerExtension) {
       const onDrawForeground = nodeType.prototype.onDrawForeground;
       nodeType.prototype.onDrawForeground = function () {
         const r = onDrawForeground?.apply(this, arguments);
-        safe(keepPanelLast).call(null, this);
+        safe(placePanel).call(null, this);
         return r;
       };
     }),

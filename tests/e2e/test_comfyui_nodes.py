@@ -189,6 +189,10 @@ def test_refine_with_known_defects_and_segs(comfy_server, e2e_report):
 JS_NODES = """() => { const app = window.comfyAPI.app.app;
   return app.graph._nodes.map(n => ({id: n.id, type: n.type, pos: [...n.pos], size: [...n.size],
     registered: !!window.LiteGraph.registered_node_types[n.type],
+    // the front end paints an image preview down to the node's bottom: the panel must come before it
+    panelCovered: (() => { const ws = (n.widgets || []).map(w => w.name);
+      const p = ws.indexOf('imagedoctor_panel'), q = ws.indexOf('$$canvas-image-preview');
+      return p >= 0 && q >= 0 && p > q; })(),
     panel: (n.widgets || []).filter(w => w.name === 'imagedoctor_panel').map(w => {
       const r = w.element.getBoundingClientRect();
       return {text: w.element.textContent, height: r.height, width: r.width,
@@ -253,6 +257,7 @@ def test_ui_workflow_in_browser(path, page, comfy_server, e2e_out, e2e_report):
     panels = {n["id"]: n["panel"] for n in nodes if n["type"] in PANEL_NODES}
     assert panels and all(p is not None and p["text"].strip() and p["height"] > 20 for p in panels.values()), panels
     assert all(p["font"] >= 12 for p in panels.values())  # readable at zoom 1; drawn at the file's zoom
+    assert [n["id"] for n in nodes if n["panelCovered"]] == [], "a panel sits under an image preview"
     page.screenshot(path=str(e2e_out / f"{path.stem}_after_run.png"))
     _shot_nodes(page, e2e_out, path.stem, set(PANEL_NODES))
 
