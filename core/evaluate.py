@@ -328,7 +328,7 @@ def _richhf_samples_to_diagnose(data: str | Path, images: str | Path | None, pro
 
     if images is None:
         raise ValueError("--model over RichHF needs --images: the folder of Pick-a-Pic v1 images the records name "
-                         "(see docs/evaluation.md, 'Evaluating a model on the RichHF-18K test split')")
+                         "(imagedoctor.core.data.export_pickapic writes them, with the prompts, from Pick-a-Pic v1)")
     report = LoadReport()
     samples = list(richhf_to_samples(read_richhf(data, images, prompts, strict=strict, report=report,
                                                  score_range=score_range or (0.0, 1.0), require_prompt=True)))

@@ -61,7 +61,8 @@ def tokenize_prompt(prompt: str) -> list[str]:
 
 PROMPTS_FORMAT = ("a JSONL file with one {\"filename\": ..., \"prompt\": ...} object per line, a JSON object "
                   "{filename: prompt}, or a TSV file of filename<TAB>prompt lines; the filename may be the RichHF "
-                  "filename, its base name or the Pick-a-Pic uid (see export_pickapic)")
+                  "filename, its base name or the Pick-a-Pic uid (imagedoctor.core.data.export_pickapic writes one "
+                  "from Pick-a-Pic v1)")
 
 
 @dataclass
