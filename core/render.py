@@ -76,12 +76,33 @@ def draw_defects(image: Image.Image, diagnosis: Diagnosis, min_importance: int =
         x0, y0, x1, y1 = d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
         caption = d.label if d.importance is None else f"{d.label} {d.importance}"
-        tb = draw.textbbox((0, 0), caption, font=font)
-        tw, th = tb[2] - tb[0], tb[3] - tb[1]
+        cap_font, caption, (tw, th) = _fit_caption(draw, caption, font, img.width - 4)
         ty = y0 - th - 4 if y0 - th - 4 >= 0 else y0
-        draw.rectangle([x0, ty, x0 + tw + 4, ty + th + 4], fill=colour)
-        draw.text((x0 + 2, ty + 1), caption, fill=(255, 255, 255), font=font)
+        # keep the caption inside the image: shift it left from a box near the right edge
+        tx = max(0.0, min(x0, img.width - tw - 4))
+        draw.rectangle([tx, ty, tx + tw + 4, ty + th + 4], fill=colour)
+        draw.text((tx + 2, ty + 1), caption, fill=(255, 255, 255), font=cap_font)
     return img
+
+
+def _fit_caption(draw, caption: str, font, max_width: int):
+    """(font, text, (w, h)) of a caption no wider than ``max_width``: a smaller font first, then
+    the text shortened with an ellipsis."""
+
+    def size(text, f):
+        tb = draw.textbbox((0, 0), text, font=f)
+        return tb[2] - tb[0], tb[3] - tb[1]
+
+    w, h = size(caption, font)
+    if w <= max_width:
+        return font, caption, (w, h)
+    small = _font(8)
+    w, h = size(caption, small)
+    text = caption
+    while w > max_width and len(text) > 1:
+        text = text[:-1]
+        w, h = size(text + ".", small)
+    return small, (text + "." if text != caption else text), (w, h)
 
 
 def overlay(image: Image.Image, diagnosis: Diagnosis, alpha: float = 0.45, min_importance: int = 0,
