@@ -55,8 +55,8 @@ def run_variant(args, name: str) -> dict:
     """Time ``args.iterations`` iterations of one variant (after one warm-up) in this process."""
     import torch
 
-    from imagedoctor.trainer.flow_grpo_trainer import FlowGRPOTrainer
-    from imagedoctor.trainer.generator_config import FlowGRPOConfig
+    from imagedoctor.trainer.generator.flow_grpo import FlowGRPOTrainer
+    from imagedoctor.trainer.generator.config import FlowGRPOConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,7 +121,7 @@ def sd35_medium_random(args) -> dict:
     import torch
     from diffusers import SD3Transformer2DModel
 
-    from imagedoctor.trainer.lora_export import add_lora
+    from imagedoctor.trainer.generator.lora_export import add_lora
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         return 0
     tmp = None
     if args.model is None:
-        from imagedoctor.trainer.tiny_pipelines import build_tiny_pipeline
+        from imagedoctor.trainer.generator.tiny_pipelines import build_tiny_pipeline
 
         tmp = tempfile.TemporaryDirectory()
         args.model = str(build_tiny_pipeline(Path(tmp.name) / args.family, family=args.family, seed=0))

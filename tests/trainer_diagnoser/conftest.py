@@ -72,7 +72,7 @@ def synth_eval(tmp_path_factory):
 
 def sft_config(model, train, eval_dir, out, **overrides):
     """A CPU-sized SFT config for the tiny model and the synthetic set."""
-    from imagedoctor.trainer.diagnoser_config import SFTConfig
+    from imagedoctor.trainer.diagnoser.config import SFTConfig
 
     kwargs = dict(model=str(model), data=str(train), eval_data=str(eval_dir), output_dir=str(out), stage="scores",
                   heatmap_weight=0.0, image_area=112 * 112, finetuning="full", learning_rate=2e-3,
@@ -85,7 +85,7 @@ def sft_config(model, train, eval_dir, out, **overrides):
 @pytest.fixture(scope="session")
 def sft_scores_run(tiny_model_dir, synth_train, synth_eval, tmp_path_factory):
     """Cold-start stage 1 (scores only, full fine-tune) on the synthetic set: (before, result)."""
-    from imagedoctor.trainer.sft import SFTTrainer
+    from imagedoctor.trainer.diagnoser.sft import SFTTrainer
 
     cfg = sft_config(tiny_model_dir, synth_train, synth_eval, tmp_path_factory.mktemp("sft-scores"))
     probe = SFTTrainer(cfg)

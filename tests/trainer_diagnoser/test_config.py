@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagedoctor.trainer.diagnoser_config import ConfigError, GRPOConfig, SFTConfig
+from imagedoctor.trainer.diagnoser.config import ConfigError, GRPOConfig, SFTConfig
 
 BASE = dict(model="m", data="d", output_dir="o")
 

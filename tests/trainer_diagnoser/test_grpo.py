@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imagedoctor.trainer.diagnoser_config import GRPOConfig
-from imagedoctor.trainer.grpo import GRPOTrainer, group_advantages, policy_loss
+from imagedoctor.trainer.diagnoser.config import GRPOConfig
+from imagedoctor.trainer.diagnoser.grpo import GRPOTrainer, group_advantages, policy_loss
 
 
 def test_group_advantages_are_per_group():
@@ -76,7 +76,7 @@ def test_grpo_raises_heldout_sampled_reward(tiny_model_dir, synth_train, synth_e
     import json
     from pathlib import Path
 
-    from imagedoctor.trainer.sft import SFTTrainer
+    from imagedoctor.trainer.diagnoser.sft import SFTTrainer
 
     torch.set_num_threads(2)
     warm = SFTTrainer(make_sft_config(tiny_model_dir, synth_train, None, tmp_path / "sft", eval_data=None,

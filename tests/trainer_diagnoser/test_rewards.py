@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imagedoctor.core.diagnosis import Defect, Diagnosis
-from imagedoctor.trainer.diagnoser_rewards import (
+from imagedoctor.trainer.diagnoser.rewards import (
     compute_rewards,
     format_reward,
     grounding_reward,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from imagedoctor.trainer.sft import SFTTrainer, TrainingDataError, collate
+from imagedoctor.trainer.diagnoser.sft import SFTTrainer, TrainingDataError, collate
 
 
 def test_labels_mask_prompt_image_and_padding(tiny_model_dir, synth_train, tmp_path, make_sft_config):
@@ -116,7 +116,7 @@ def test_resume_equals_uninterrupted(tiny_model_dir, synth_train, tmp_path, make
 
 
 def test_bad_data_fails_before_model_loads(tmp_path):
-    from imagedoctor.trainer.diagnoser_config import SFTConfig
+    from imagedoctor.trainer.diagnoser.config import SFTConfig
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -24,14 +24,14 @@ PROMPTS = ["a red cube", "a blue ball", "a green tree", "a yellow car", "a white
 
 @pytest.fixture(scope="session")
 def tiny_sd3_path(tmp_path_factory):
-    from imagedoctor.trainer.tiny_pipelines import build_tiny_pipeline
+    from imagedoctor.trainer.generator.tiny_pipelines import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sd3", family="sd3", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_flux_path(tmp_path_factory):
-    from imagedoctor.trainer.tiny_pipelines import build_tiny_pipeline
+    from imagedoctor.trainer.generator.tiny_pipelines import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "flux", family="flux", seed=0)
 
@@ -46,7 +46,7 @@ def prompts_file(tmp_path_factory):
 @pytest.fixture
 def grpo_config(tiny_sd3_path, prompts_file, tmp_path):
     """A factory of small, fast FlowGRPOConfig objects (keyword overrides)."""
-    from imagedoctor.trainer.generator_config import FlowGRPOConfig
+    from imagedoctor.trainer.generator.config import FlowGRPOConfig
 
     def make(**overrides):
         base = dict(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imagedoctor.trainer.generator_rewards import as_reward_tensor, diagnoser_reward
+from imagedoctor.trainer.generator.rewards import as_reward_tensor, diagnoser_reward
 
 
 @pytest.mark.parametrize("mode", ["scalar", "dense", "box"])

@@ -10,7 +10,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from scipy.stats import norm
 
-from imagedoctor.trainer.flow_grpo import (
+from imagedoctor.trainer.generator.sde import (
     clipped_policy_loss,
     dense_advantages,
     dense_ratio,

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from imagedoctor.trainer.__main__ import COMMANDS, build_parser, main
-from imagedoctor.trainer.generator_config import ConfigError, FlowGRPOConfig, SFTGeneratorConfig, load_config
+from imagedoctor.trainer.generator.config import ConfigError, FlowGRPOConfig, SFTGeneratorConfig, load_config
 
 
 def base(tiny_sd3_path, prompts_file, **kw):
@@ -88,7 +88,7 @@ def test_cli_registry_and_errors(tmp_path, tiny_sd3_path, prompts_file, capsys, 
     args = parser.parse_args(["flow-grpo", "--config", "x.yaml", "--set", "seed=3", "--resume"])
     assert args.resume == "latest" and args.overrides == ["seed=3"]
 
-    import imagedoctor.trainer.flow_grpo_trainer as fgt
+    import imagedoctor.trainer.generator.flow_grpo as fgt
 
     def no_load(*a, **k):  # a bad config must fail before any model loads
         raise AssertionError("model loaded")

@@ -10,9 +10,9 @@ import yaml
 from safetensors.torch import load_file
 
 from imagedoctor.core.diagnosis import Defect, Diagnosis
-from imagedoctor.trainer.flow_grpo_trainer import FlowGRPOTrainer, load_pipeline
-from imagedoctor.trainer.generator_rewards import box_reward_map
-from imagedoctor.trainer.lora_export import lora_state_dict
+from imagedoctor.trainer.generator.flow_grpo import FlowGRPOTrainer, load_pipeline
+from imagedoctor.trainer.generator.rewards import box_reward_map
+from imagedoctor.trainer.generator.lora_export import lora_state_dict
 
 HELD_OUT_SEEDS = list(range(1000, 1008))
 HELD_OUT_PROMPTS = ["a red cube", "a blue ball", "a purple hat", "a tall tower"] * 2  # two unseen prompts
@@ -187,8 +187,8 @@ def test_cli_flow_grpo_end_to_end(tiny_sd3_path, prompts_file, tmp_path, monkeyp
 def test_sft_generator_fits_the_picks(tiny_sd3_path, tmp_path):
     from PIL import Image
 
-    from imagedoctor.trainer.generator_config import SFTGeneratorConfig
-    from imagedoctor.trainer.sft_generator import SFTGeneratorTrainer, read_pairs
+    from imagedoctor.trainer.generator.config import SFTGeneratorConfig
+    from imagedoctor.trainer.generator.sft import SFTGeneratorTrainer, read_pairs
 
     data = tmp_path / "picks"
     data.mkdir()

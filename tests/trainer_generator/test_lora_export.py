@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from imagedoctor.trainer.flow_grpo import PipelineAdapter
-from imagedoctor.trainer.flow_grpo_trainer import load_pipeline
-from imagedoctor.trainer.lora_export import add_lora, export_lora, exported_modules, lora_parameters, lora_state_dict
+from imagedoctor.trainer.generator.sde import PipelineAdapter
+from imagedoctor.trainer.generator.flow_grpo import load_pipeline
+from imagedoctor.trainer.generator.lora_export import add_lora, export_lora, exported_modules, lora_parameters, lora_state_dict
 
 # Diffusers module paths (per block) that ComfyUI's LoRA loader maps onto its own weights,
 # written from its documented SD3 (MMDiT) and FLUX conversions: q/k/v go into fused qkv

@@ -28,13 +28,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.diagnoser import Diagnoser, save_diagnoser
-from ..core.diagnosis import Diagnosis
-from ..core.formats import render
-from ..core.geometry import Frame
-from ..core.prompts import resize_for_model
-from . import checkpoint as ckpt
-from .diagnoser_config import ConfigError, DiagnoserTrainConfig, SFTConfig
+from ...core.diagnoser import Diagnoser, save_diagnoser
+from ...core.diagnosis import Diagnosis
+from ...core.formats import render
+from ...core.geometry import Frame
+from ...core.prompts import resize_for_model
+from ..common import checkpoint as ckpt
+from .config import ConfigError, DiagnoserTrainConfig, SFTConfig
 
 logger = logging.getLogger("imagedoctor.trainer")
 TASK_TOKENS = {"misalignment": "<MIS>", "artifact": "<ART>"}
@@ -58,7 +58,7 @@ class Example:
 
 def load_samples(path: str | Path, what: str = "data") -> list:
     """Samples of a project data set folder; clear errors when it is missing or empty."""
-    from ..core.data import load_project_dataset
+    from ...core.data import load_project_dataset
 
     path = Path(path)
     if not path.exists():
@@ -144,7 +144,7 @@ def ensure_task_tokens(dg: Diagnoser) -> bool:
 
 def ensure_head(dg: Diagnoser) -> None:
     """Create a freshly initialised heatmap head (sized to the backbone) when the checkpoint has none."""
-    from ..core.heatmap_head import HeatmapHead, HeatmapHeadConfig
+    from ...core.heatmap_head import HeatmapHead, HeatmapHeadConfig
 
     if dg.head is not None:
         return
@@ -203,7 +203,7 @@ def save_final(dg: Diagnoser, peft_model, out_dir: Path, save_adapter: bool = Fa
             # loads the base named in adapter_config.json and merges the adapter onto it.
             from safetensors.torch import save_file
 
-            from ..core.diagnoser import HEAD_FILE
+            from ...core.diagnoser import HEAD_FILE
 
             peft_model.save_pretrained(out_dir / "adapter")
             dg.processor.save_pretrained(out_dir / "adapter")
@@ -395,7 +395,7 @@ def evaluate_sft(dg: Diagnoser, module: DiagnoserSFTModule, examples: Sequence[E
                  generate: bool = True) -> dict[str, float]:
     """Held-out metrics: teacher-forced CE (and heatmap MSE), heatmap CC of the head's maps against
     the GT (images with non-empty GT), and score PLCC of greedy generations (when ``generate``)."""
-    from ..core.metrics import heatmap_metrics, score_correlations
+    from ...core.metrics import heatmap_metrics, score_correlations
 
     was_training = module.training
     module.eval()

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .flow_grpo import PipelineAdapter
-from .flow_grpo_trainer import (
+from .sde import PipelineAdapter
+from .flow_grpo import (
     LoraTrainingState,
     _lora_init,
     add_config_arguments,
@@ -41,7 +41,7 @@ from .flow_grpo_trainer import (
     weight_dtype,
     TRAINER_STATE_FILE,
 )
-from .generator_config import ConfigError, SFTGeneratorConfig
+from .config import ConfigError, SFTGeneratorConfig
 from .lora_export import add_lora, export_lora, lora_parameters
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .flow_grpo import (
+from .sde import (
     Conditioning,
     PipelineAdapter,
     dense_advantages,
@@ -45,8 +45,8 @@ from .flow_grpo import (
     sde_step_with_logprob,
     step_dt,
 )
-from .generator_config import ConfigError, FlowGRPOConfig, GeneratorConfig
-from .generator_rewards import as_reward_tensor, load_reward
+from .config import ConfigError, FlowGRPOConfig, GeneratorConfig
+from .rewards import as_reward_tensor, load_reward
 from .lora_export import add_lora, export_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 
 logger = logging.getLogger(__name__)
@@ -552,7 +552,7 @@ def add_config_arguments(parser) -> None:
 
 def config_from_args(args, cls):
     """Validated config from ``--config`` + ``--set`` (raises `ConfigError` before any model loads)."""
-    from .generator_config import load_config, parse_override
+    from .config import load_config, parse_override
 
     overrides = dict(parse_override(o) for o in args.overrides)
     if not args.config and not overrides:

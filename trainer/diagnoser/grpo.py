@@ -26,13 +26,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.diagnosis import Diagnosis
-from ..core.formats import parse
-from ..core.generation import generate_batch
-from ..core.prompts import assistant_prefill
-from . import checkpoint as ckpt
-from .diagnoser_config import GRPOConfig
-from .diagnoser_rewards import compute_rewards
+from ...core.diagnosis import Diagnosis
+from ...core.formats import parse
+from ...core.generation import generate_batch
+from ...core.prompts import assistant_prefill
+from ..common import checkpoint as ckpt
+from .config import GRPOConfig
+from .rewards import compute_rewards
 from .sft import (
     Example,
     TrainerBase,
@@ -130,7 +130,7 @@ class GRPOTrainer(TrainerBase):
         self.eval_samples = load_samples(config.eval_data, "eval_data")[: config.eval_samples] if config.eval_data else []
         self.embed = None
         if config.embedding_model:
-            from ..core.metrics import sentence_transformer_embedder
+            from ...core.metrics import sentence_transformer_embedder
 
             self.embed = sentence_transformer_embedder(config.embedding_model)
 

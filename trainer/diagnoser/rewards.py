@@ -18,8 +18,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..core.diagnosis import HEATMAP_NAMES, LABELS, SCORE_NAMES, Diagnosis
-from ..core.geometry import box_mask, diou, iou, pairwise
+from ...core.diagnosis import HEATMAP_NAMES, LABELS, SCORE_NAMES, Diagnosis
+from ...core.geometry import box_mask, diou, iou, pairwise
 
 #: Heatmap reward scales of upstream (MSE at 288x288).
 HEATMAP_SCALES = {"misalignment": 80.0, "artifact": 40.0}
