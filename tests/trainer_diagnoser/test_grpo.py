@@ -109,7 +109,7 @@ def test_grpo_sdg_detector_smoke_with_kl(tiny_qwen3_dir, synth_train, tmp_path):
 
     cfg = GRPOConfig(model=str(tiny_qwen3_dir), data=str(synth_train), output_dir=str(tmp_path), format="sdg",
                      image_area=112 * 112, finetuning="lora", lora_r=4, lora_alpha=8, learning_rate=1e-3, beta=0.04,
-                     max_steps=1, batch_size=2, num_generations=2, max_new_tokens=8, num_inner_steps=2,
+                     max_steps=1, batch_size=2, num_generations=2, max_new_tokens=8, num_iterations=2,
                      rewards={"sdg": 1.0, "format": 0.5}, report_to="none", progress_bar=False, logging_steps=1)
     result = GRPOTrainer(cfg).train()
     assert result["step"] == 1 and result["train/reward_sdg"] >= -1.0

@@ -103,9 +103,8 @@ def test_resume_equals_uninterrupted(tiny_model_dir, synth_train, tmp_path, make
     full = make_sft_config(tiny_model_dir, synth_train, None, tmp_path / "a", max_steps=4, **common)
     SFTTrainer(full).train()
     SFTTrainer(make_sft_config(tiny_model_dir, synth_train, None, tmp_path / "b", max_steps=2, **common)).train()
-    resumed = SFTTrainer(make_sft_config(tiny_model_dir, synth_train, None, tmp_path / "b", max_steps=4, **common),
-                         resume="latest")
-    resumed.train()
+    resumed = SFTTrainer(make_sft_config(tiny_model_dir, synth_train, None, tmp_path / "b", max_steps=4, **common))
+    resumed.train(resume="latest")
     a = load_file(str(tmp_path / "a" / "checkpoints" / "checkpoint-4" / "trainable.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoints" / "checkpoint-4" / "trainable.safetensors"))
     start = load_file(str(tmp_path / "b" / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))

@@ -50,10 +50,10 @@ def grpo_config(tiny_sd3_path, prompts_file, tmp_path):
 
     def make(**overrides):
         base = dict(
-            pretrained_model=str(tiny_sd3_path), prompts_file=str(prompts_file), resolution=32,
-            max_sequence_length=16, num_iterations=4, batch_size=8, group_size=4, sample_batch_size=8,
-            micro_batch_size=4, num_steps=6, sde_window_size=2, guidance_scale=1.0, lora_rank=4, lora_alpha=4,
-            learning_rate=3e-2, output_dir=str(tmp_path / "out"), logging="none", progress_bar=False,
+            model=str(tiny_sd3_path), prompts_file=str(prompts_file), resolution=32,
+            max_sequence_length=16, max_steps=4, batch_size=8, num_generations=4, sample_batch_size=8,
+            micro_batch_size=4, num_steps=6, sde_window_size=2, guidance_scale=1.0, lora_r=4, lora_alpha=4,
+            learning_rate=3e-2, output_dir=str(tmp_path / "out"), report_to="none", progress_bar=False,
             reward="python:unused:reward",
         )
         base.update(overrides)

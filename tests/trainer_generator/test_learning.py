@@ -34,11 +34,11 @@ def test_flow_grpo_raises_reward_on_held_out_seeds(family, guidance, extra_targe
                                                    tiny_flux_path):
     path = tiny_sd3_path if family == "sd3" else tiny_flux_path
     iterations = 30
-    cfg = grpo_config(pretrained_model=str(path), num_iterations=iterations, guidance_scale=guidance,
-                      lora_targets=DEFAULT_TARGETS + extra_targets)
+    cfg = grpo_config(model=str(path), max_steps=iterations, guidance_scale=guidance,
+                      lora_target_modules=DEFAULT_TARGETS + extra_targets)
     trainer = FlowGRPOTrainer(cfg, reward_fn=brightness)
     before = trainer.evaluate(HELD_OUT_PROMPTS, HELD_OUT_SEEDS)
-    history = trainer.train()
+    history = trainer.train()["history"]
     after = trainer.evaluate(HELD_OUT_PROMPTS, HELD_OUT_SEEDS)
     assert len(history) == iterations
     print(f"{family}: held-out brightness {before:.4f} -> {after:.4f} (+{after - before:.4f}) in {iterations} iterations")
@@ -81,7 +81,7 @@ def _train_box(grpo_config, mode: str, output_dir):
     def scalar_reward(images, prompts, latent_size, **context):  # the same information, one number per image
         return box_reward_map(diagnoser(images), latent_size).mean(axis=(1, 2))
 
-    cfg = grpo_config(num_iterations=20, reward_mode=mode, output_dir=str(output_dir))
+    cfg = grpo_config(max_steps=20, reward_mode=mode, output_dir=str(output_dir))
     trainer = FlowGRPOTrainer(cfg, reward_fn=box_reward if mode == "box" else scalar_reward)
     before = trainer.generate(HELD_OUT_PROMPTS, HELD_OUT_SEEDS)
     trainer.train()
@@ -114,7 +114,7 @@ def test_constant_reward_map_equals_scalar_update(grpo_config, tmp_path):
 
     states = []
     for mode, fn in (("dense", map_fn), ("scalar", scalar_fn)):
-        cfg = grpo_config(num_iterations=1, reward_mode=mode, std_floor=1e-9, adv_eps=0.0,
+        cfg = grpo_config(max_steps=1, reward_mode=mode, std_floor=1e-9, adv_eps=0.0,
                           output_dir=str(tmp_path / mode))
         trainer = FlowGRPOTrainer(cfg, reward_fn=fn)
         trainer.iteration(0)
@@ -130,7 +130,7 @@ class Interrupt(Exception):
 
 
 def test_resume_is_exact(grpo_config, tmp_path):
-    common = dict(num_iterations=4, save_every=2, ema=True, optimizer_steps_per_iteration=2, micro_batch_size=2,
+    common = dict(max_steps=4, save_steps=2, ema=True, steps_per_generation=2, micro_batch_size=2,
                   beta=0.01)
     full = FlowGRPOTrainer(grpo_config(output_dir=str(tmp_path / "full"), **common), reward_fn=brightness)
     full.train()
@@ -145,9 +145,9 @@ def test_resume_is_exact(grpo_config, tmp_path):
     with pytest.raises(Interrupt):
         FlowGRPOTrainer(cfg, reward_fn=crashing).train()
     checkpoints = sorted((tmp_path / "resumed" / "checkpoints").iterdir())
-    assert [p.name for p in checkpoints] == ["checkpoint-0000002"]  # atomic: no temp folders left behind
+    assert [p.name for p in checkpoints] == ["checkpoint-2"]  # atomic: no temp folders left behind
     resumed = FlowGRPOTrainer(cfg, reward_fn=brightness)
-    history = resumed.train(resume="latest")
+    history = resumed.train(resume="latest")["history"]
     assert resumed.step == 4 and len(history) == 4
     result = load_file(str(tmp_path / "resumed" / "lora.safetensors"))
     assert result.keys() == reference.keys()
@@ -164,10 +164,10 @@ def test_cli_flow_grpo_end_to_end(tiny_sd3_path, prompts_file, tmp_path, monkeyp
         "    return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     config = dict(
-        pretrained_model=str(tiny_sd3_path), prompts_file=str(prompts_file), resolution=32, max_sequence_length=16,
-        num_iterations=2, batch_size=4, group_size=2, sample_batch_size=4, micro_batch_size=2, num_steps=4,
-        sde_window_start=1, sde_window_size=2, guidance_scale=2.0, lora_rank=2, lora_alpha=4, reward="python:my_rewards:redness",
-        output_dir=str(tmp_path / "run"), logging="tensorboard", sample_every=1, gradient_checkpointing=True,
+        model=str(tiny_sd3_path), prompts_file=str(prompts_file), resolution=32, max_sequence_length=16,
+        max_steps=2, batch_size=4, num_generations=2, sample_batch_size=4, micro_batch_size=2, num_steps=4,
+        sde_window_start=1, sde_window_size=2, guidance_scale=2.0, lora_r=2, lora_alpha=4, reward="python:my_rewards:redness",
+        output_dir=str(tmp_path / "run"), report_to="tensorboard", sample_steps=1, gradient_checkpointing=True,
         export_dtype="float16", progress_bar=False,
     )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
@@ -176,7 +176,7 @@ def test_cli_flow_grpo_end_to_end(tiny_sd3_path, prompts_file, tmp_path, monkeyp
     lora = load_file(str(out / "lora.safetensors"))
     assert lora and all(v.dtype == torch.float16 for v in lora.values())
     assert list((out / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
-    assert (out / "checkpoints" / "checkpoint-0000002" / "lora_weights.safetensors").exists()
+    assert (out / "checkpoints" / "checkpoint-2" / "trainable.safetensors").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["group_size"] == 2
     # resuming a finished run does no more iterations and re-exports the same LoRA
     assert main(["flow-grpo", "--config", str(tmp_path / "c.yaml"), "--resume"]) == 0
@@ -205,13 +205,13 @@ def test_sft_generator_fits_the_picks(tiny_sd3_path, tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / "no_prompt.png")  # skipped
     assert [p for _, p in read_pairs(data)] == list(colours)
 
-    cfg = SFTGeneratorConfig(pretrained_model=str(tiny_sd3_path), data_dir=str(data), resolution=32,
+    cfg = SFTGeneratorConfig(model=str(tiny_sd3_path), data_dir=str(data), resolution=32,
                              max_sequence_length=16, num_epochs=1, max_steps=40, batch_size=3, micro_batch_size=3,
-                             lora_rank=4, lora_alpha=4, learning_rate=1e-2, output_dir=str(tmp_path / "sft"),
-                             logging="none", progress_bar=False, save_every=20)
+                             lora_r=4, lora_alpha=4, learning_rate=1e-2, output_dir=str(tmp_path / "sft"),
+                             report_to="none", progress_bar=False, save_steps=20)
     trainer = SFTGeneratorTrainer(cfg)
     before = trainer.eval_loss()
-    history = trainer.train()
+    history = trainer.train()["history"]
     after = trainer.eval_loss()
     assert len(history) == 40
     assert after < 0.9 * before, f"flow-matching loss on the picks {before:.4f} -> {after:.4f}"
@@ -237,19 +237,19 @@ def test_two_process_ddp_run(tiny_sd3_path, prompts_file, tmp_path):
         "        f.write('|'.join(prompts) + '\\n')\n"
         "    return images.mean(dim=(1, 2, 3))\n")
     config = dict(
-        pretrained_model=str(tiny_sd3_path), prompts_file=str(prompts_file), resolution=32, max_sequence_length=16,
-        num_iterations=2, batch_size=4, group_size=2, sample_batch_size=4, micro_batch_size=2, num_steps=3,
-        sde_window_size=1, guidance_scale=1.0, lora_rank=2, lora_alpha=2, reward="python:rank_rewards:brightness",
-        output_dir=str(tmp_path / "run"), logging="none", progress_bar=False,
+        model=str(tiny_sd3_path), prompts_file=str(prompts_file), resolution=32, max_sequence_length=16,
+        max_steps=2, batch_size=4, num_generations=2, sample_batch_size=4, micro_batch_size=2, num_steps=3,
+        sde_window_size=1, guidance_scale=1.0, lora_r=2, lora_alpha=2, reward="python:rank_rewards:brightness",
+        output_dir=str(tmp_path / "run"), report_to="none", progress_bar=False,
     )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "imagedoctor.trainer", "flow-grpo", "--config",
                            str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("LoRA written") == 1  # only the main process exports
-    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-0000002"
-    assert (checkpoint / "random_states_0.pkl").exists() and (checkpoint / "random_states_1.pkl").exists()
+    assert proc.stdout.count('"lora_path"') == 1  # only the main process prints the summary
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "rng-0.pt").exists() and (checkpoint / "rng-1.pt").exists()
     seen = [(tmp_path / f"seen_{r}").read_text() for r in (0, 1)]
     assert seen[0] != seen[1]  # each process samples its own prompts and noise
     assert load_file(str(tmp_path / "run" / "lora.safetensors"))
@@ -259,7 +259,7 @@ def test_cached_prompt_embeddings_train_the_same(grpo_config, tmp_path):
     """cache_prompt_embeddings frees the text encoders and trains (numerically) the same LoRA."""
     states = []
     for cache in (False, True):
-        cfg = grpo_config(num_iterations=2, guidance_scale=2.0, cache_prompt_embeddings=cache,
+        cfg = grpo_config(max_steps=2, guidance_scale=2.0, cache_prompt_embeddings=cache,
                           output_dir=str(tmp_path / str(cache)))
         trainer = FlowGRPOTrainer(cfg, reward_fn=brightness)
         if cache:
