@@ -102,18 +102,60 @@ def test_grpo_raises_heldout_sampled_reward(tiny_model_dir, synth_train, synth_e
     assert after["eval/reward_score"] >= before["eval/reward_score"], (before, after)
 
 
-def test_grpo_sdg_detector_smoke_with_kl(tiny_qwen3_dir, synth_train, tmp_path):
-    """Qwen3-VL + SDG format + detector reward + KL to the LoRA-disabled reference: runs, checkpoints,
-    and writes a loadable folder."""
+def test_grpo_sdg_detector_rewards_and_kl(tiny_qwen3_dir, synth_train, tmp_path):
+    """Qwen3-VL + SDG format + detector reward + KL to the LoRA-disabled reference: the rollout's
+    rewards are the detector reward and format reward of its own parsed outputs (recomputed here),
+    the run checkpoints and writes a loadable folder."""
+    import numpy as np
+
     from imagedoctor.core.diagnoser import Diagnoser
+    from imagedoctor.trainer.diagnoser.rewards import format_reward, sdg_detector_reward
 
     cfg = GRPOConfig(model=str(tiny_qwen3_dir), data=str(synth_train), output_dir=str(tmp_path), format="sdg",
                      image_area=112 * 112, finetuning="lora", lora_r=4, lora_alpha=8, learning_rate=1e-3, beta=0.04,
                      max_steps=1, batch_size=2, num_generations=2, max_new_tokens=8, num_iterations=2,
                      rewards={"sdg": 1.0, "format": 0.5}, report_to="none", progress_bar=False, logging_steps=1)
-    result = GRPOTrainer(cfg).train()
-    assert result["step"] == 1 and result["train/reward_sdg"] >= -1.0
+    tr = GRPOTrainer(cfg)
+    tr._setup()
+    examples = tr.train_examples[:2]
+    roll = tr.rollout(examples, 2, True, seed=5)
+    gts = [e.gt for e in examples for _ in range(2)]
+    sdg = [sdg_detector_reward(d, g) for d, g in zip(roll["diagnoses"], gts)]
+    fmt = [format_reward(d, "sdg") for d in roll["diagnoses"]]
+    np.testing.assert_allclose(roll["parts"]["sdg"], sdg)
+    np.testing.assert_allclose(roll["parts"]["format"], fmt)
+    np.testing.assert_allclose(roll["rewards"].numpy(), np.array(sdg) + 0.5 * np.array(fmt), rtol=1e-6)
+    # 8 tokens of an untrained model never close an SDG answer: format failures, -1 each
+    assert all(d.problems for d in roll["diagnoses"]) and sdg == [-1.0] * 4
+    result = tr.train()
+    assert result["step"] == 1 and result["train/kl"] >= 0.0
     assert (tmp_path / "checkpoints" / "checkpoint-1" / "optimizer.pt").is_file()
     dg = Diagnoser.from_pretrained(result["model_dir"], dtype="fp32", device="cpu")
     assert dg.format == "sdg"
 
+
+def test_grpo_resume_equals_uninterrupted(tiny_model_dir, synth_train, tmp_path):
+    """2 iterations, then `--resume latest` to 4 = 4 uninterrupted iterations (LoRA weights, with
+    sampled rollouts, KL and 2 inner steps), bit for bit up to float noise."""
+    from safetensors.torch import load_file
+
+    def cfg(out, steps):
+        return GRPOConfig(model=str(tiny_model_dir), data=str(synth_train), output_dir=str(out), stage="scores",
+                          image_area=112 * 112, finetuning="lora", lora_r=4, lora_alpha=8, learning_rate=1e-2,
+                          beta=0.04, max_steps=steps, batch_size=2, num_generations=2, max_new_tokens=8,
+                          num_iterations=2, warmup_steps=2, rewards={"score": 1.0, "format": 1.0},
+                          report_to="none", progress_bar=False, save_steps=2, logging_steps=1)
+
+    # a verifiable stand-in reward with spread on an untrained model: characters in the completion
+    extra = {"length": lambda pred, gt: float(len(pred.raw_text))}
+    torch.set_num_threads(1)
+    GRPOTrainer(cfg(tmp_path / "a", 4), reward_fns=extra).train()
+    GRPOTrainer(cfg(tmp_path / "b", 2), reward_fns=extra).train()
+    GRPOTrainer(cfg(tmp_path / "b", 4), reward_fns=extra).train(resume="latest")
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "checkpoint-4" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "checkpoint-4" / "trainable.safetensors"))
+    start = load_file(str(tmp_path / "b" / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # iterations 3-4 did change the weights
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Hand-made cases for the diagnoser GRPO rewards (REFERENCE.md §1 and §2 conventions)."""
+"""Hand-made cases for the diagnoser GRPO rewards (conventions: docs/provenance.md)."""
 
 from __future__ import annotations
 

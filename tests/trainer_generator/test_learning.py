@@ -177,7 +177,7 @@ def test_cli_flow_grpo_end_to_end(tiny_sd3_path, prompts_file, tmp_path, monkeyp
     assert lora and all(v.dtype == torch.float16 for v in lora.values())
     assert list((out / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
     assert (out / "checkpoints" / "checkpoint-2" / "trainable.safetensors").exists()
-    assert yaml.safe_load((out / "config.yaml").read_text())["group_size"] == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["num_generations"] == 2
     # resuming a finished run does no more iterations and re-exports the same LoRA
     assert main(["flow-grpo", "--config", str(tmp_path / "c.yaml"), "--resume"]) == 0
     again = load_file(str(out / "lora.safetensors"))
@@ -243,7 +243,8 @@ def test_two_process_ddp_run(tiny_sd3_path, prompts_file, tmp_path):
         output_dir=str(tmp_path / "run"), report_to="none", progress_bar=False,
     )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)}
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "imagedoctor.trainer", "flow-grpo", "--config",
                            str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

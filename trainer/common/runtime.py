@@ -16,17 +16,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator(config):
+def make_accelerator(config, find_unused_parameters: bool = False):
     """An `accelerate.Accelerator` for ``config.mixed_precision`` (CPU when no GPU is visible).
 
     Under ``torchrun``/``accelerate launch`` it joins the process group (gloo on CPU, NCCL on
-    GPUs); a single process runs without one.
+    GPUs); a single process runs without one. ``find_unused_parameters``: DDP tolerates trainable
+    parameters a step does not reach (e.g. a heatmap head on a batch without maps).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
 
 
 def build_optimizer(param_groups: Iterable, config, total_steps: int):

@@ -38,13 +38,16 @@ class DiagnoserTrainer:
         """Accelerator, seed, model (``_build`` returns the module to train), optimiser, DDP wrap."""
         if self.accelerator is not None:
             return
-        self.accelerator = make_accelerator(self.cfg)
+        self.accelerator = make_accelerator(self.cfg, self._find_unused_parameters())
         seed_everything(self.cfg.seed)
         module, groups = self._build()
         module.train()
         optimizer, scheduler = build_optimizer(groups, self.cfg, self.cfg.max_steps)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, optimizer, scheduler)
         self.raw_module = module
+
+    def _find_unused_parameters(self) -> bool:
+        return False
 
     def _build(self):  # pragma: no cover - abstract
         raise NotImplementedError

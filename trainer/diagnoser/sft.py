@@ -299,9 +299,15 @@ class SFTTrainer(DiagnoserTrainer):
 
     config_class = SFTConfig
 
+    def _find_unused_parameters(self) -> bool:
+        # The head skips batches without a map, and its SAM prompt encoder has parts maps never use.
+        return self.cfg.heatmap_weight > 0
+
     def _build(self):
         cfg = self.cfg
-        self.dg, self.peft_model = prepare_diagnoser(cfg, need_head=cfg.heatmap_weight > 0)
+        # Without the heatmap loss nothing reaches the head: it stays as loaded (frozen).
+        self.dg, self.peft_model = prepare_diagnoser(cfg, need_head=cfg.heatmap_weight > 0,
+                                                     train_head=cfg.heatmap_weight > 0)
         family = self.dg.family
         self.train_examples = [load_example(s, cfg, family) for s in self.train_samples]
         self.eval_examples = [load_example(s, cfg, family) for s in self.eval_samples]
