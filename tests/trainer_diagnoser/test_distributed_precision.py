@@ -83,24 +83,15 @@ def test_two_process_ddp_grpo_saves_one_model(tiny_model_dir, synth_train, tmp_p
 
 
 class _Probe:
-    """Counts training forwards of decoder layer 0 and of a projection inside it (which also runs
-    when checkpointing recomputes the layer in backward), and records the projection's dtype."""
+    """Records the dtype a language-model projection computes in during training forwards."""
 
     def __init__(self, model):
-        lm = model.model.language_model
-        self.layer_calls = 0
-        self.proj_calls = 0
+        proj = model.model.language_model.layers[0].mlp.down_proj
         self.dtypes = set()
-        self.handles = [lm.layers[0].register_forward_hook(self._layer),
-                        lm.layers[0].mlp.down_proj.register_forward_hook(self._proj)]
-
-    def _layer(self, module, args, out):
-        if torch.is_grad_enabled():
-            self.layer_calls += 1
+        self.handles = [proj.register_forward_hook(self._proj)]
 
     def _proj(self, module, args, out):
         if torch.is_grad_enabled():
-            self.proj_calls += 1
             self.dtypes.add(out.dtype)
 
     def close(self):
@@ -108,23 +99,52 @@ class _Probe:
             h.remove()
 
 
+def saved_for_backward(module, batch, loss_of) -> int:
+    """Elements autograd keeps for backward in one training forward of ``module`` (then backward)."""
+    count = [0]
+
+    def pack(t):
+        count[0] += t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_of(module(**batch))
+    loss.backward()
+    module.zero_grad(set_to_none=True)
+    return count[0]
+
+
+def checkpointing_saving(trainer, batch, loss_of) -> float:
+    """Saved-for-backward elements with checkpointing as configured / with it switched off."""
+    model = trainer.dg.model
+    assert model.is_gradient_checkpointing
+    with trainer.accelerator.autocast():
+        on = saved_for_backward(trainer.raw_module, batch, loss_of)
+        model.gradient_checkpointing_disable()
+        off = saved_for_backward(trainer.raw_module, batch, loss_of)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return on / off
+
+
 def test_sft_bf16_autocast_and_gradient_checkpointing(tiny_model_dir, synth_train, tmp_path, make_sft_config):
     """Stage full (CE + heatmap loss through the head), LoRA, mixed_precision bf16 and gradient
-    checkpointing: the projections run in bf16, every decoder layer runs twice per step (forward +
-    recompute in backward), losses stay finite, LoRA and head weights move."""
+    checkpointing: checkpointing keeps under half the activations for backward (the decoder layers
+    recompute theirs), the projections run in bf16, losses stay finite, LoRA and head weights move."""
     cfg = make_sft_config(tiny_model_dir, synth_train, None, tmp_path, eval_data=None, stage="full",
                           heatmap_weight=1.0, finetuning="lora", lora_r=4, lora_alpha=8, max_steps=3, batch_size=2,
                           learning_rate=1e-2, mixed_precision="bf16", gradient_checkpointing=True)
+    from imagedoctor.trainer.diagnoser.sft import collate
+
     tr = SFTTrainer(cfg)
     tr._setup()
-    assert tr.dg.model.is_gradient_checkpointing
+    batch = collate(tr.dg, tr.train_examples[:2], cfg, cfg.heatmap_size, with_maps=True)
+    ratio = checkpointing_saving(tr, batch, lambda out: out["loss"])
+    assert ratio < 0.5, f"checkpointing keeps {ratio:.2f} of the activations"  # measured 0.25
     before = {n: p.detach().clone() for n, p in tr.raw_module.named_parameters() if p.requires_grad}
     probe = _Probe(tr.dg.model)
     result = tr.train()
     probe.close()
     assert probe.dtypes == {torch.bfloat16}, probe.dtypes
-    # 3 steps; inside the checkpointed layer the projection runs twice a step (forward + recompute)
-    assert (probe.layer_calls, probe.proj_calls) == (3, 6), (probe.layer_calls, probe.proj_calls)
     assert all(torch.isfinite(torch.tensor(result[k])) for k in ("train/loss", "train/ce", "train/heatmap"))
     assert result["train/heatmap"] > 0
     after = dict(tr.raw_module.named_parameters())
@@ -144,15 +164,17 @@ def test_grpo_bf16_autocast_and_gradient_checkpointing(tiny_model_dir, synth_tra
                      max_steps=1, batch_size=2, num_generations=2, max_new_tokens=8, num_iterations=2,
                      rewards={"score": 1.0, "format": 1.0}, mixed_precision="bf16", gradient_checkpointing=True,
                      report_to="none", progress_bar=False, logging_steps=1)
-    tr = GRPOTrainer(cfg)
+    # an untrained model earns no score/format reward; this verifiable stand-in has spread
+    tr = GRPOTrainer(cfg, reward_fns={"length": lambda pred, gt: float(len(pred.raw_text))})
     tr._setup()
+    batch = tr._policy_inputs(tr.rollout(tr.train_examples[:2], 2, True, seed=0))
+    ratio = checkpointing_saving(tr, batch, lambda logp: logp.mean())
+    assert ratio < 0.5, f"checkpointing keeps {ratio:.2f} of the activations"
     probe = _Probe(tr.dg.model)
     before = {n: p.detach().clone() for n, p in tr.raw_module.named_parameters() if p.requires_grad}
     result = tr.train()
     probe.close()
     assert probe.dtypes == {torch.bfloat16}, probe.dtypes
-    # 2 inner steps with grad, each forward + recompute inside the layer
-    assert (probe.layer_calls, probe.proj_calls) == (2, 4), (probe.layer_calls, probe.proj_calls)
     assert torch.isfinite(torch.tensor(result["train/loss"])) and result["train/kl"] >= 0
     after = dict(tr.raw_module.named_parameters())
     assert any(not torch.equal(after[n], v) for n, v in before.items())

@@ -24,8 +24,12 @@ def make_accelerator(config, find_unused_parameters: bool = False):
     parameters a step does not reach (e.g. a heatmap head on a batch without maps).
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    # accelerate keeps one mixed-precision setting per process; a trainer built after another one
+    # (tests, notebooks, a GRPO stage after SFT) brings its own. The process group is kept.
+    AcceleratorState._reset_state()
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
 
