@@ -65,13 +65,13 @@ def run_variant(args, name: str) -> dict:
         prompts = Path(tmp) / "prompts.txt"
         prompts.write_text("\n".join(PROMPTS))
         cfg = FlowGRPOConfig(
-            pretrained_model=args.model, prompts_file=str(prompts), resolution=args.resolution,
-            max_sequence_length=args.max_sequence_length, num_iterations=max(1, args.learn_iterations),
-            batch_size=args.batch_size, group_size=args.group_size, sample_batch_size=args.sample_batch_size,
+            model=args.model, prompts_file=str(prompts), resolution=args.resolution,
+            max_sequence_length=args.max_sequence_length, max_steps=max(1, args.learn_iterations),
+            batch_size=args.batch_size, num_generations=args.group_size, sample_batch_size=args.sample_batch_size,
             micro_batch_size=args.micro_batch_size, num_steps=args.num_steps, sde_window_size=window,
-            guidance_scale=guidance, lora_rank=args.lora_rank, lora_alpha=args.lora_rank, learning_rate=args.lr,
+            guidance_scale=guidance, lora_r=args.lora_rank, lora_alpha=args.lora_rank, learning_rate=args.lr,
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-            output_dir=str(Path(tmp) / "out"), logging="none", progress_bar=False, reward="python:bench:brightness",
+            output_dir=str(Path(tmp) / "out"), report_to="none", progress_bar=False, reward="python:bench:brightness",
         )
         trainer = FlowGRPOTrainer(cfg, reward_fn=brightness)
         device = str(trainer.device)
@@ -86,7 +86,7 @@ def run_variant(args, name: str) -> dict:
             seeds = list(range(1000, 1000 + len(HELD_OUT_PROMPTS)))
             before = trainer.evaluate(HELD_OUT_PROMPTS, seeds)
             start = time.perf_counter()
-            history = trainer.train()
+            history = trainer.train()["history"]
             train_s = time.perf_counter() - start
             after = trainer.evaluate(HELD_OUT_PROMPTS, seeds)
             result.update(learn_iterations=args.learn_iterations, reward_before=before, reward_after=after,

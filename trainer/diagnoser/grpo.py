@@ -19,7 +19,6 @@ per completion first.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
