@@ -137,21 +137,24 @@ def _train_box(grpo_config, sign: float, output_dir, seed: int = 0):
     return darkening, float(change[inside].mean()), float(change[~inside].mean())
 
 
-#: Paired darkening of the penalised box (box reward minus inverted box reward, same seed). Measured
-#: on the shared 2-core machine, seeds 0/1/2: see the test's print and docs/training-generator.md.
-BOX_MARGIN = 0.005
+#: Held-out darkening of the penalised box. Measured on the shared 2-core machine, seeds 0/1/2: box
+#: reward +0.0377 / +0.0373 / +0.0297, inverted box reward -0.0357 / -0.0330 / -0.0266 (paired
+#: difference 0.0735 / 0.0703 / 0.0564, mean 0.067, std 0.009). Each run must move the box its own
+#: way by more than BOX_MARGIN (a third of the smallest |change|).
+BOX_MARGIN = 0.01
 
 
 @pytest.mark.parametrize("seed", LEARNING_SEEDS)
 def test_boxflow_darkens_the_penalised_box(grpo_config, tmp_path, seed):
     """BoxFlow with a box whose importance grows with its brightness: on held-out seeds the box gets
-    darker with the box reward than with the inverted reward (negative control, same seed) by more
-    than BOX_MARGIN."""
+    darker with the box reward and brighter with the inverted reward (negative control, same seed),
+    each by more than BOX_MARGIN."""
     dark, box_in, box_out = _train_box(grpo_config, 1.0, tmp_path / "box", seed)
     inv_dark, inv_in, inv_out = _train_box(grpo_config, -1.0, tmp_path / "inverted", seed)
     print(f"seed {seed} box reward: darkening {dark:+.4f} (change in {box_in:.4f} out {box_out:.4f}); inverted: "
           f"darkening {inv_dark:+.4f} (in {inv_in:.4f} out {inv_out:.4f}); difference {dark - inv_dark:+.4f}")
-    assert dark - inv_dark > BOX_MARGIN, (dark, inv_dark)
+    assert dark > BOX_MARGIN, (dark, inv_dark)
+    assert inv_dark < -BOX_MARGIN, (dark, inv_dark)  # the inverted reward moves the box the other way
 
 
 def test_constant_reward_map_equals_scalar_update(grpo_config, tmp_path):
@@ -257,9 +260,13 @@ def _write_picks(data, colours, noise=False):
 
 @pytest.mark.parametrize("seed", LEARNING_SEEDS)
 def test_sft_generator_fits_the_picks(tiny_sd3_path, tmp_path, seed):
-    """40 steps on three (prompt, pick) pairs lower the flow-matching loss on those picks (fixed
-    noise) below 0.9x; the control trains on the same prompts with noise images and must leave the
-    loss on the true picks above 0.9x."""
+    """120 steps on three (prompt, pick) pairs lower the flow-matching loss on those picks (fixed
+    noise) below 0.9x. Most of that fall is not about the picks: the control, trained on the same
+    prompts with noise images, lowers it almost as much (the tiny random model first learns to
+    predict the noise). What is specific to the picks is the paired difference: the pick-trained
+    LoRA's loss on the picks is below the control's by more than SFT_MARGIN. Measured on the shared
+    2-core machine, seeds 0/1/2: 0.5556 vs 0.5733, 0.4008 vs 0.4194, 0.5541 vs 0.5827 (difference
+    0.018 / 0.019 / 0.029; mean 0.022, std 0.006; margin = mean - 2 std)."""
     from imagedoctor.trainer.generator.config import SFTGeneratorConfig
     from imagedoctor.trainer.generator.sft import SFTGeneratorTrainer, read_pairs
 
@@ -270,9 +277,9 @@ def test_sft_generator_fits_the_picks(tiny_sd3_path, tmp_path, seed):
     losses = {}
     for name, data in (("picks", picks), ("control", other)):
         cfg = SFTGeneratorConfig(model=str(tiny_sd3_path), data_dir=str(data), resolution=32, max_sequence_length=16,
-                                 num_epochs=1, max_steps=40, batch_size=3, micro_batch_size=3, lora_r=4, lora_alpha=4,
-                                 learning_rate=1e-2, output_dir=str(tmp_path / name), report_to="none",
-                                 progress_bar=False, save_steps=20, seed=seed)
+                                 num_epochs=1, max_steps=120, batch_size=3, micro_batch_size=3, lora_r=4,
+                                 lora_alpha=4, learning_rate=1e-2, output_dir=str(tmp_path / name), report_to="none",
+                                 progress_bar=False, save_steps=60, seed=seed)
         trainer = SFTGeneratorTrainer(cfg)
 
         def loss_on_picks():  # always measured on the true picks, whatever the run trains on
@@ -286,13 +293,17 @@ def test_sft_generator_fits_the_picks(tiny_sd3_path, tmp_path, seed):
 
         before = loss_on_picks()
         history = trainer.train()["history"]
-        assert len(history) == 40
+        assert len(history) == 120
         losses[name] = (before, loss_on_picks())
     print(f"seed {seed}: flow-matching loss on the picks {losses['picks'][0]:.4f} -> {losses['picks'][1]:.4f}; "
           f"control (trained on noise images) -> {losses['control'][1]:.4f}")
     before, after = losses["picks"]
     assert after < 0.9 * before, losses
-    assert losses["control"][1] > 0.9 * before, losses
+    assert losses["control"][1] - after > SFT_MARGIN, losses
+
+
+#: Paired margin of the generator SFT test (see its docstring for the measured values).
+SFT_MARGIN = 0.01
     pipe = load_pipeline(str(tiny_sd3_path))
     pipe.load_lora_weights(str(tmp_path / "picks" / "lora.safetensors"))  # diffusers accepts the export
 
