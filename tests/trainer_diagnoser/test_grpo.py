@@ -78,10 +78,12 @@ def test_grpo_gain_comes_from_the_score_reward(tiny_model_dir, synth_train, synt
     - with the upstream score reward (mean of max(0, 1 - 3|pred - gt|));
     - negative control: with the score reward inverted (its negative).
 
-    The format pressure is the same in both, so the difference comes from the score reward. On the 12
-    held-out images (8 sampled completions each at the rollout settings, fixed seed) the score part
-    rises by more than SCORE_MARGIN with the score reward and falls with the inverted one. The
-    per-iteration training reward is printed, not asserted: over 20 iterations it is noisy."""
+    The format pressure is the same in both, so the difference between them comes from the score
+    reward. On the 12 held-out images (8 sampled completions each at the rollout settings, fixed seed)
+    the score part rises by more than SCORE_MARGIN with the score reward, and ends above the inverted
+    run's by more than SCORE_MARGIN (the inverted run may still rise a little: the format reward makes
+    more scores readable, and an unread score counts 0). The per-iteration training reward is
+    printed, not asserted: over 20 iterations it is noisy."""
     import json
     from pathlib import Path
 
@@ -121,7 +123,9 @@ def test_grpo_gain_comes_from_the_score_reward(tiny_model_dir, synth_train, synt
     gain = after["score"]["eval/reward_score"] - before["eval/reward_score"]
     control = after["inverted"]["eval/reward_score"] - before["eval/reward_score"]
     assert gain > SCORE_MARGIN, (before, after)
-    assert control < 0, (before, after)  # the inverted reward moves the score the other way
+    # same format pressure, opposite score pressure: the score reward ends lower than with the score
+    # reward by more than the margin (the format reward alone also raises it: unread scores count 0)
+    assert gain - control > SCORE_MARGIN, (before, after)
 
 
 def test_grpo_sdg_detector_rewards_and_kl(tiny_qwen3_dir, synth_train, tmp_path):
