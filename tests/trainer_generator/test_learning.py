@@ -300,12 +300,12 @@ def test_sft_generator_fits_the_picks(tiny_sd3_path, tmp_path, seed):
     before, after = losses["picks"]
     assert after < 0.9 * before, losses
     assert losses["control"][1] - after > SFT_MARGIN, losses
+    pipe = load_pipeline(str(tiny_sd3_path))
+    pipe.load_lora_weights(str(tmp_path / "picks" / "lora.safetensors"))  # diffusers accepts the export
 
 
 #: Paired margin of the generator SFT test (see its docstring for the measured values).
 SFT_MARGIN = 0.01
-    pipe = load_pipeline(str(tiny_sd3_path))
-    pipe.load_lora_weights(str(tmp_path / "picks" / "lora.safetensors"))  # diffusers accepts the export
 
 
 def test_two_process_ddp_run(tiny_sd3_path, prompts_file, tmp_path):
