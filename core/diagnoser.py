@@ -620,9 +620,12 @@ class Diagnoser:
         stage1 = -(-len(pil) // batch_size) * (fast_max_new_tokens if two_stage else max_new_tokens)
         total = stage1 + (-(-k // batch_size) * max_new_tokens if two_stage else 0)
         report = (lambda offset: (lambda done, _t: progress(offset + done, total))) if progress else (lambda offset: None)
+        fast_kwargs = dict(diagnose_kwargs)
+        if two_stage and "min_new_tokens" in fast_kwargs:  # a benchmark's forced length cannot exceed the fast budget
+            fast_kwargs["min_new_tokens"] = min(fast_kwargs["min_new_tokens"], fast_max_new_tokens)
         fast = self.diagnose(pil, prompts, think=not two_stage, heatmaps=not two_stage,
                              max_new_tokens=fast_max_new_tokens if two_stage else max_new_tokens,
-                             progress=report(0), should_cancel=should_cancel, **diagnose_kwargs)
+                             progress=report(0), should_cancel=should_cancel, **fast_kwargs)
         ranking = best_of_n(fast, criterion, weights, DEFAULT_PENALTY if penalty is None else penalty, top_k=k)
         top = ranking.top_k
         if two_stage:
