@@ -1,6 +1,7 @@
 """Diagnosis throughput: the upstream way, our `hf` and `static` decoders, and two-stage best-of-N. Prints JSON.
 
     python bench/diagnose_throughput.py --images 8 --tokens 64        # tiny model on CPU
+    python bench/diagnose_throughput.py --mid --images 8 --tokens 64  # mid-size random model on CPU
     python bench/diagnose_throughput.py --full-3b --device cuda          # Qwen2.5-VL-3B architecture, random weights
 
 Ways (all on the same images, prompts and model):
@@ -38,8 +39,20 @@ from PIL import Image
 WAYS = ("upstream", "hf", "static", "two_stage")
 
 
-def build_full_3b(out: Path) -> Path:
-    """The published ImageDoctor architecture (Qwen2.5-VL-3B + 768-d head) with random weights."""
+#: Random-weight Qwen2.5-VL sizes: the published 3B architecture, and a mid-size one for CPU runs.
+PRESETS = {
+    "full-3b": dict(text=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                              num_key_value_heads=2, mrope_section=[16, 24, 24]),
+                    vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16),
+                    fullatt=[7, 15, 23, 31]),
+    "mid": dict(text=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                          num_key_value_heads=2, mrope_section=[8, 12, 12]),
+                vision=dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4), fullatt=[3]),
+}
+
+
+def build_random(out: Path, preset: str = "full-3b") -> Path:
+    """A Qwen2.5-VL diagnoser (+ heatmap head) of the ``preset`` size with random bf16 (CUDA) / fp32 weights."""
     from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from imagedoctor.core.diagnoser import save_diagnoser
@@ -49,25 +62,28 @@ def build_full_3b(out: Path) -> Path:
     tiny = build_tiny_diagnoser(out / "tiny")  # for its tokenizer/processor
     processor = AutoProcessor.from_pretrained(tiny)
     tok = processor.tokenizer
+    size = PRESETS[preset]
+    text = dict(size["text"])
+    mrope = text.pop("mrope_section")
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                         num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        text_config=dict(vocab_size=len(tok), max_position_embeddings=32768, **text,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31]),
+        vision_config=dict(**size["vision"], out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=112, fullatt_block_indexes=size["fullatt"]),
         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"), video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
     )
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen2_5_VLForConditionalGeneration(cfg).to(torch.bfloat16)
+        model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
     model.config.misalignment_token_id = tok.convert_tokens_to_ids("<MIS>")
     model.config.artifact_token_id = tok.convert_tokens_to_ids("<ART>")
-    model.config.heatmap_head = HeatmapHeadConfig().to_dict()
-    head = HeatmapHead(HeatmapHeadConfig()).to(torch.bfloat16)
-    return save_diagnoser(out / "full3b", model, processor, head)
+    head_cfg = HeatmapHeadConfig(text_dim=text["hidden_size"], image_dim=text["hidden_size"])
+    model.config.heatmap_head = head_cfg.to_dict()
+    head = HeatmapHead(head_cfg).to(dtype)
+    return save_diagnoser(out / preset, model, processor, head)
 
 
 def upstream_way(dg, images, prompts, tokens):
@@ -207,6 +223,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: build the tiny model, or --full-3b)")
     ap.add_argument("--full-3b", action="store_true", help="Qwen2.5-VL-3B architecture with random weights")
+    ap.add_argument("--mid", action="store_true", help="a mid-size random Qwen2.5-VL (512-d, 8 layers) for CPU runs")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--images", type=int, default=16)
@@ -233,12 +250,13 @@ def main() -> None:
         print(json.dumps({"first_call_s": round(wall, 3), "first_call_cpu_s": round(cpu, 3)}))
         return
     tmp = Path(tempfile.mkdtemp())
-    model_dir = Path(args.model or (build_full_3b(tmp) if args.full_3b else build_tiny_diagnoser(tmp / "tiny")))
+    preset = "full-3b" if args.full_3b else ("mid" if args.mid else None)
+    model_dir = Path(args.model or (build_random(tmp, preset) if preset else build_tiny_diagnoser(tmp / "tiny")))
     dg = Diagnoser.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
     dev = dg.model.device
     ways = [w for w in args.ways.split(",") if w]
     result = {
-        "model": "qwen2.5-vl-3b-arch-random" if args.full_3b else ("tiny" if not args.model else str(args.model)),
+        "model": args.model or (f"qwen2.5-vl-{preset}-random" if preset else "tiny"),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "dtype": str(dg.model.dtype), "images": args.images, "image_size": args.size, "generated_tokens": args.tokens,
         "fast_tokens": args.fast_tokens, "top_k": args.top_k, "batch_size": args.batch_size, "ways": {},

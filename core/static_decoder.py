@@ -322,9 +322,8 @@ class StaticDecoder:
 
     def _graph(self, model, b: _Bucket, plan: LogitsPlan, const: dict, eager_mask: bool):
         """The bucket's decode step for ``plan`` as a CUDA graph, captured on first use (after two warm-up steps)."""
-        graph = b.graphs.get(plan)
-        if graph is not None:
-            return graph
+        if plan in b.graphs:
+            return b.graphs[plan]
         logger.info("static decoder: capturing the decode step for %d rows x %d tokens as a CUDA graph", b.batch, b.length)
         b.step.zero_(), b.write.zero_(), b.pos.zero_(), b.done.zero_(), b.mask.zero_()
         for layer in b.cache.layers:
@@ -338,8 +337,13 @@ class StaticDecoder:
         if b.pool is None:
             b.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=b.pool, capture_error_mode="thread_local"):
-            _decode_step(model, b, plan, const, eager_mask)
+        try:
+            with torch.cuda.graph(graph, pool=b.pool, capture_error_mode="thread_local"):
+                _decode_step(model, b, plan, const, eager_mask)
+        except RuntimeError as exc:  # an op that cannot be captured: same tokens, eager steps
+            logger.warning("static decoder: CUDA graph capture failed (%s); decoding this bucket without graphs", exc)
+            b.graphs[plan] = None
+            return None
         b.graphs[plan] = graph
         self.captures += 1
         return graph

@@ -1,5 +1,7 @@
 """The static-cache decoder against transformers' generate (the "hf" decoder), on tiny fp32 models."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -112,11 +114,13 @@ def test_generation_config_is_honoured_or_refused(tiny_diagnoser, images):
         dg.diagnose(images[:1], "x", decoder="fast")
 
 
-def test_cache_is_reused_across_calls(tiny_diagnoser, images):
+def test_cache_is_reused_across_calls(tiny_diagnoser, images, caplog):
     dg = tiny_diagnoser
     decoder = StaticDecoder()
     inputs, _, _ = dg.build_inputs(images, PROMPTS, image_area=AREA)
-    first = decoder.generate(dg.model, inputs, **_gen_kwargs(dg, max_new_tokens=8))
+    with caplog.at_level("INFO", logger="imagedoctor"):
+        first = decoder.generate(dg.model, inputs, **_gen_kwargs(dg, max_new_tokens=8))
+    assert re.search(r"prepared a bucket for 4 rows x \d+ tokens", caplog.text)
     [bucket] = decoder.buckets.values()
     keys = bucket.cache.layers[0].keys.data_ptr()
     # Another batch of 3 with a shorter prompt fits the same bucket: nothing is allocated again.
