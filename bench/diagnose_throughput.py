@@ -80,7 +80,10 @@ def build_random(out: Path, preset: str = "full-3b") -> Path:
         model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
     model.config.misalignment_token_id = tok.convert_tokens_to_ids("<MIS>")
     model.config.artifact_token_id = tok.convert_tokens_to_ids("<ART>")
-    head_cfg = HeatmapHeadConfig(text_dim=text["hidden_size"], image_dim=text["hidden_size"])
+    # The published head for the 3B; a small one for "mid" (the full head's 16x upsampling convs would
+    # dominate a CPU run and they cost the same whichever decoder runs).
+    small = {} if preset == "full-3b" else dict(embed_dim=64, depth=2, mlp_dim=128, num_heads=2, mask_in_chans=16)
+    head_cfg = HeatmapHeadConfig(text_dim=text["hidden_size"], image_dim=text["hidden_size"], **small)
     model.config.heatmap_head = head_cfg.to_dict()
     head = HeatmapHead(head_cfg).to(dtype)
     return save_diagnoser(out / preset, model, processor, head)

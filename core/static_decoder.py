@@ -22,8 +22,8 @@ attention mask, output buffers for tokens and for the final-norm hidden state of
 state that *predicted* each token, which the heatmap head reads). Batches are padded up to a power
 of two with dummy rows that attend only to their own tokens; lengths round up to
 `LENGTH_BUCKET`. Buckets live while the model does (at most ``max_buckets``, least recently used
-dropped first). The host reads the "all rows ended" flag, reports progress and polls cancellation
-every ``check_every`` steps, not every step.
+dropped first). On CUDA the host reads the "all rows ended" flag, reports progress and polls
+cancellation every `CHECK_EVERY` steps, not every step (each read waits for the GPU).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ logger = logging.getLogger("imagedoctor")
 
 #: cache lengths are multiples of this (prompt + new tokens, rounded up): few buckets, little waste.
 LENGTH_BUCKET = 256
-#: steps between host reads of the stop flag, progress reports and cancellation polls.
+#: steps between host reads of the stop flag, progress reports and cancellation polls on CUDA (on the
+#: CPU reading the flag costs nothing, so it is read every step and cancellation is as prompt as hf's).
 CHECK_EVERY = 8
 #: buckets kept alive per model (each holds a KV cache and, on CUDA, its captured graphs).
 MAX_BUCKETS = 2
@@ -92,6 +93,8 @@ def plan_for(model, *, max_new_tokens: int, min_new_tokens: int = 0, suppress_to
     attn = getattr(model.config, "_attn_implementation", None) or "eager"
     if attn not in _ATTENTION:
         raise StaticDecoderUnsupported(f"attention implementation {attn!r} (the static decoder runs {list(_ATTENTION)})")
+    if len(set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))) > 1:
+        raise StaticDecoderUnsupported("a model split across devices (its buffers live on one device)")
     given = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
                  suppress_tokens=list(suppress_token_ids) if suppress_token_ids else None, do_sample=do_sample)
     if do_sample:
@@ -282,10 +285,12 @@ class StaticDecoder:
     """Static-cache decoding for one loaded model; get it with `static_decoder_for(model)`.
 
     ``use_graphs``: capture each bucket's decode step as a CUDA graph (CUDA only; default: on CUDA).
+    ``check_every``: steps between stop-flag reads, progress and cancellation polls (default:
+    `CHECK_EVERY` on CUDA, every step on the CPU).
     """
 
-    def __init__(self, max_buckets: int = MAX_BUCKETS, check_every: int = CHECK_EVERY, use_graphs: bool | None = None):
-        if max_buckets < 1 or check_every < 1:
+    def __init__(self, max_buckets: int = MAX_BUCKETS, check_every: int | None = None, use_graphs: bool | None = None):
+        if max_buckets < 1 or (check_every is not None and check_every < 1):
             raise ValueError("max_buckets and check_every must be at least 1")
         self.max_buckets, self.check_every, self.use_graphs = max_buckets, check_every, use_graphs
         self.buckets: dict[tuple[int, int], _Bucket] = {}
@@ -301,12 +306,13 @@ class StaticDecoder:
 
     def _bucket(self, model, batch: int, need: int) -> _Bucket:
         bb = _next_pow2(batch)
-        fits = sorted((length, key) for key, b in self.buckets.items() if key[0] == bb and (length := key[1]) >= need)
+        length = -(-need // LENGTH_BUCKET) * LENGTH_BUCKET
+        # A live bucket up to twice as long serves too: fewer allocations for a little more attention.
+        fits = sorted(key for key in self.buckets if key[0] == bb and length <= key[1] <= 2 * length)
         if fits:
-            key = fits[0][1]
+            key = min(fits, key=lambda k: k[1])
             self.buckets[key] = self.buckets.pop(key)  # most recently used last
             return self.buckets[key]
-        length = -(-need // LENGTH_BUCKET) * LENGTH_BUCKET
         while len(self.buckets) >= self.max_buckets:
             self.buckets.pop(next(iter(self.buckets)))
         bucket = _Bucket(model, bb, length)
@@ -325,7 +331,8 @@ class StaticDecoder:
         if plan in b.graphs:
             return b.graphs[plan]
         logger.info("static decoder: capturing the decode step for %d rows x %d tokens as a CUDA graph", b.batch, b.length)
-        b.step.zero_(), b.write.zero_(), b.pos.zero_(), b.done.zero_(), b.mask.zero_()
+        for buffer in (b.step, b.write, b.pos, b.done, b.mask):
+            buffer.zero_()
         for layer in b.cache.layers:
             layer.cumulative_length.zero_()
         stream = torch.cuda.Stream(device=b.device)
@@ -428,9 +435,10 @@ class StaticDecoder:
         states0[:batch] = hidden
         _select(b, plan, const, logits, states0)
 
+        every = self.check_every or (CHECK_EVERY if b.device.type == "cuda" else 1)
         steps = 1
         while steps < max_new_tokens:
-            chunk = min(self.check_every, max_new_tokens - steps)
+            chunk = min(every, max_new_tokens - steps)
             for _ in range(chunk):
                 if graph is not None:
                     graph.replay()

@@ -136,13 +136,22 @@ def test_cache_is_reused_across_calls(tiny_diagnoser, images, caplog):
     assert decoder.allocations == 2 and len(decoder.buckets) == 2
 
 
-def test_progress_and_cancel_every_few_steps(tiny_diagnoser, images):
+def test_progress_and_cancel(tiny_diagnoser, images):
+    """Every step on the CPU (through `diagnose`); every ``check_every`` steps when set (CUDA's default)."""
     seen = []
-    tiny_diagnoser.diagnose(images[:2], PROMPTS[:2], max_new_tokens=20, image_area=AREA, decoder="static", heatmaps=False,
+    tiny_diagnoser.diagnose(images[:2], PROMPTS[:2], max_new_tokens=6, image_area=AREA, decoder="static", heatmaps=False,
                             progress=lambda done, total: seen.append((done, total)))
-    assert seen[-1] == (20, 20) and seen == sorted(seen) and len(seen) <= 20 // CHECK_EVERY + 2
+    assert seen == [(s, 6) for s in range(2, 7)] + [(6, 6)]
     polls = []
     with pytest.raises(DiagnosisCancelled):
         tiny_diagnoser.diagnose(images[:2], PROMPTS[:2], max_new_tokens=60, image_area=AREA, decoder="static",
-                                should_cancel=lambda: polls.append(1) or len(polls) >= 2)
-    assert len(polls) == 2  # stopped after 1 + 2 * CHECK_EVERY steps, not 60
+                                should_cancel=lambda: polls.append(1) or len(polls) >= 3)
+    assert len(polls) == 3
+    dg = tiny_diagnoser
+    inputs, _, _ = dg.build_inputs(images[:2], PROMPTS[:2], image_area=AREA)
+    steps, polls = [], []
+    with pytest.raises(DiagnosisCancelled):
+        StaticDecoder(check_every=CHECK_EVERY).generate(
+            dg.model, inputs, **_gen_kwargs(dg, max_new_tokens=60), progress=steps.append,
+            should_cancel=lambda: polls.append(1) or len(polls) >= 2)
+    assert steps == [1 + CHECK_EVERY, 1 + 2 * CHECK_EVERY] and len(polls) == 2  # stopped long before 60
