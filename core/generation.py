@@ -184,7 +184,8 @@ def static_preferred(model) -> bool:
     return model.device.type == "cuda" or STATIC_ON_CPU
 
 
-#: Measured on the CPU benchmark (bench/diagnose_throughput.py): whether static beats hf on CPU.
+#: Whether "auto" picks static on the CPU. Measured (docs/performance.md): no gain once the model is
+#: compute-bound (the tiny test model is the exception), while static pads batches to a power of two.
 STATIC_ON_CPU = False
 
 
