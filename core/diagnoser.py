@@ -589,6 +589,7 @@ class Diagnoser:
         penalty: float | None = None,
         fast_max_new_tokens: int = 256,
         max_new_tokens: int = 1024,
+        heatmaps: bool = True,
         progress: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
         **diagnose_kwargs,
@@ -602,15 +603,15 @@ class Diagnoser:
         ``full``). Images whose fast answer has no score rank last (by index) and are fully diagnosed
         only when fewer than ``top_k`` images were scored. A format without a score-only prompt
         ("sdg") has one stage: every image gets the full diagnosis, ranked the same way, and ``full``
-        holds the top K of them. Other keyword arguments go to both `diagnose` calls.
+        holds the top K of them. ``heatmaps`` applies to the full diagnoses (the fast ones never have
+        heatmaps). Other keyword arguments go to both `diagnose` calls.
         """
         from .select import DEFAULT_PENALTY, BestOfN, best_of_n
 
         if int(top_k) < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        for key in ("think", "heatmaps", "progress", "should_cancel"):
-            if key in diagnose_kwargs:
-                raise ValueError(f"best_of_n sets {key!r} itself; do not pass it")
+        if "think" in diagnose_kwargs:
+            raise ValueError("best_of_n sets 'think' itself (fast pass without, full pass with); do not pass it")
         pil = to_pil_images(images)
         prompts = [prompt] * len(pil) if isinstance(prompt, str) else list(prompt)
         fmt = diagnose_kwargs.get("format") or self.format
@@ -623,14 +624,15 @@ class Diagnoser:
         fast_kwargs = dict(diagnose_kwargs)
         if two_stage and "min_new_tokens" in fast_kwargs:  # a benchmark's forced length cannot exceed the fast budget
             fast_kwargs["min_new_tokens"] = min(fast_kwargs["min_new_tokens"], fast_max_new_tokens)
-        fast = self.diagnose(pil, prompts, think=not two_stage, heatmaps=not two_stage,
+        fast = self.diagnose(pil, prompts, think=not two_stage, heatmaps=heatmaps and not two_stage,
                              max_new_tokens=fast_max_new_tokens if two_stage else max_new_tokens,
                              progress=report(0), should_cancel=should_cancel, **fast_kwargs)
         ranking = best_of_n(fast, criterion, weights, DEFAULT_PENALTY if penalty is None else penalty, top_k=k)
         top = ranking.top_k
         if two_stage:
             full_list = self.diagnose([pil[i] for i in top], [prompts[i] for i in top], max_new_tokens=max_new_tokens,
-                                      progress=report(stage1), should_cancel=should_cancel, **diagnose_kwargs)
+                                      heatmaps=heatmaps, progress=report(stage1), should_cancel=should_cancel,
+                                      **diagnose_kwargs)
             full = dict(zip(top, full_list))
         else:
             full = {i: fast[i] for i in top}
