@@ -57,9 +57,12 @@ class LoadReport:
 
 # --- input conversion ----------------------------------------------------------------------
 def to_pil_images(images: Any) -> list:
-    """Accept PIL images, HWC numpy arrays (uint8 or float 0-1), or a torch [B,H,W,C] / [H,W,C] tensor
-    in 0-1 (ComfyUI IMAGE). Grayscale and RGBA become RGB. Anything else raises ValueError."""
+    """Accept PIL images (any mode: 16-bit and float scaled, see `images.to_rgb`), HWC numpy arrays
+    (uint8, uint16 or float 0-1), or a torch [B,H,W,C] / [H,W,C] tensor in 0-1 (ComfyUI IMAGE).
+    Grayscale and RGBA become RGB. Anything else raises ValueError."""
     from PIL import Image
+
+    from .images import array_to_rgb, to_rgb
 
     if images is None:
         raise ValueError("no images given")
@@ -77,23 +80,9 @@ def to_pil_images(images: Any) -> list:
         if isinstance(img, Image.Image):
             if img.width <= 0 or img.height <= 0:
                 raise ValueError(f"image {i} is empty ({img.width}x{img.height})")
-            out.append(img.convert("RGB") if img.mode != "RGB" else img)
+            out.append(to_rgb(img, f"image {i}"))
             continue
-        arr = np.asarray(img)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise ValueError(f"image {i} must be HxWxC with C in 1/3/4, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = arr.astype(np.float32)
-            if not np.isfinite(arr).all():
-                raise ValueError(f"image {i} contains NaN or infinite values")
-            arr = np.round(np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8)
-        if arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        elif arr.shape[2] == 4:
-            arr = arr[:, :, :3]
-        out.append(Image.fromarray(np.ascontiguousarray(arr), "RGB"))
+        out.append(array_to_rgb(img, f"image {i}"))
     if not out:
         raise ValueError("no images given (empty batch)")
     return out

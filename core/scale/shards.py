@@ -15,9 +15,10 @@ Readers (``pyarrow.parquet.read_table(OUT)``, pandas, DuckDB, Spark, Ray) skip t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from ..fileio import atomic_write
 
 JOB_FILE = "_job.json"
 SUMMARY_FILE = "_summary.json"
@@ -26,29 +27,6 @@ SCHEMA_ID = "imagedoctor.dataset-diagnosis/1"
 
 def shard_name(k: int) -> str:
     return f"part-{k:06d}.parquet"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class ShardStore:
@@ -92,7 +70,7 @@ class ShardStore:
             if any(f.name.startswith("part-") for f in self.out.iterdir()):
                 raise ValueError(f"{self.out} has part-*.parquet files but no {JOB_FILE}; use another --out "
                                  "or --overwrite")
-            atomic_write_bytes(job_path, json.dumps(self.job, indent=2, sort_keys=True).encode())
+            atomic_write(job_path, json.dumps(self.job, indent=2, sort_keys=True), fsync=True)
         for f in self.out.iterdir():  # left by a killed run; their shards are redone
             if f.name.startswith(".part-") and ".tmp-" in f.name:
                 f.unlink()
@@ -118,6 +96,7 @@ class ShardStore:
 
     def write(self, k: int, table) -> Path:
         """Write shard ``k`` (rows sorted by index) atomically."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if table.num_rows != self.rows_in(k):
@@ -132,13 +111,9 @@ class ShardStore:
                      b"imagedoctor.heatmaps": str(self.job["heatmaps"]).encode()})
         table = table.replace_schema_metadata(meta)
         path = self.out / shard_name(k)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.out)
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression="zstd")
+        atomic_write(path, buf.getvalue().to_pybytes(), fsync=True)
         return path
 
     def count_errors(self) -> tuple[int, int]:
@@ -153,7 +128,7 @@ class ShardStore:
         return rows, errors
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_bytes(self.out / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True).encode())
+        atomic_write(self.out / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True), fsync=True)
 
 
 class ShardCollector:

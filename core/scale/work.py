@@ -158,12 +158,13 @@ def decode_image(source, image_area: int | None):
     """(RGB PIL image resized for the model, original (w, h)). Raises `BadImage` naming the problem."""
     from PIL import Image
 
+    from ..images import to_rgb
     from ..prompts import resize_for_model
 
     try:
         with Image.open(source) as im:
             im.load()
-            rgb = im.convert("RGB")
+            rgb = to_rgb(im, str(source))
     except FileNotFoundError:
         raise BadImage(f"image file {source} does not exist") from None
     except Exception as exc:  # PIL raises many types for broken files
