@@ -3,8 +3,9 @@
 The diagnoser asks one thing of generation: for a left-padded batch, the generated token ids,
 and (when the heatmap head needs them) the final hidden state that *predicted* each generated
 token plus the merged visual tokens of each image. Today this is transformers' ``generate``
-with two forward hooks; a faster decoder (CUDA graphs, speculative, vLLM) can replace
-`generate_batch` as long as it returns a `GenerationOutput`.
+with two forward hooks (`generate_batch`, decoder "hf"), or the static-cache decoder of
+`static_decoder` (decoder "static": same tokens, preallocated buffers, CUDA graphs). `decode`
+picks one; any other decoder can join as long as it returns a `GenerationOutput`.
 
 Why hooks instead of ``output_hidden_states=True`` (what upstream does): that keeps every
 layer's states for every step (37 x T x D per image) only to read one position of the last
@@ -15,6 +16,7 @@ pass through either network.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,13 +43,47 @@ class GenerationOutput:
     visual: list[torch.Tensor] | None = None
 
 
+#: decoder names accepted by `decode` (and `Diagnoser.diagnose`).
+DECODERS = ("auto", "hf", "static")
+
+
+def text_model(model) -> torch.nn.Module:
+    """The language model (embeddings, decoder layers, final norm) of a Qwen-VL model."""
+    return model.model.language_model if hasattr(model.model, "language_model") else model.model
+
+
 def _text_norm(model) -> torch.nn.Module:
-    lm = model.model.language_model if hasattr(model.model, "language_model") else model.model
-    return lm.norm
+    return text_model(model).norm
 
 
 def _visual(model) -> torch.nn.Module:
     return model.model.visual if hasattr(model.model, "visual") else model.visual
+
+
+@contextmanager
+def keep_visual_tokens(model, into: list, enabled: bool = True):
+    """While active, append the vision tower's merged tokens [sum h*w, D_vis] of each forward to ``into``."""
+    if not enabled:
+        yield
+        return
+
+    def keep_visual(_module, _args, output):
+        merged = getattr(output, "pooler_output", None)
+        into.append((merged if merged is not None else output).detach())
+
+    handle = _visual(model).register_forward_hook(keep_visual)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def split_visual(model, inputs: dict, merged: torch.Tensor) -> list[torch.Tensor]:
+    """Split the batch's merged visual tokens into one [h*w, D_vis] tensor per image."""
+    grid = inputs["image_grid_thw"]
+    merge = _visual(model).spatial_merge_size
+    sizes = (grid.prod(-1) // merge**2).tolist()
+    return list(torch.split(merged, sizes))
 
 
 class _StepHook:
@@ -101,13 +137,6 @@ def generate_batch(
             states.append(output[:, -1:, :].detach())
 
         handles.append(_text_norm(model).register_forward_hook(keep_state))
-    if capture_visual:
-
-        def keep_visual(_module, _args, output):
-            merged = getattr(output, "pooler_output", None)
-            visual.append((merged if merged is not None else output).detach())
-
-        handles.append(_visual(model).register_forward_hook(keep_visual))
     hook = _StepHook(progress, should_cancel)
     gen_kwargs = dict(
         max_new_tokens=max_new_tokens,
@@ -125,7 +154,8 @@ def generate_batch(
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     try:
         devices = [model.device] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None), \
+                keep_visual_tokens(model, visual, capture_visual):
             if seed is not None:
                 torch.manual_seed(seed)
             out = model.generate(**inputs, **gen_kwargs)
@@ -144,8 +174,37 @@ def generate_batch(
     st = torch.cat(states, dim=1)[:, : seqs.shape[1]] if capture_states else None
     vis = None
     if capture_visual and visual:
-        grid = inputs["image_grid_thw"]
-        merge = _visual(model).spatial_merge_size
-        sizes = (grid.prod(-1) // merge**2).tolist()
-        vis = list(torch.split(visual[0], sizes))
+        vis = split_visual(model, inputs, visual[0])
     return GenerationOutput(sequences=seqs, lengths=lengths, states=st, visual=vis)
+
+
+def static_preferred(model) -> bool:
+    """What ``decoder="auto"`` picks when both decoders can run: the static decoder on CUDA (captured
+    decode steps); on CPU the measured faster one (see docs/performance.md)."""
+    return model.device.type == "cuda" or STATIC_ON_CPU
+
+
+#: Whether "auto" picks static on the CPU. Measured (docs/performance.md): no gain once the model is
+#: compute-bound (the tiny test model is the exception), while static pads batches to a power of two.
+STATIC_ON_CPU = False
+
+
+def decode(model, inputs: dict, *, decoder: str = "auto", **kwargs) -> GenerationOutput:
+    """Decode with ``decoder`` ("hf", "static", or "auto": static where it is faster and can
+    reproduce ``generate``'s settings, else hf). Same keyword arguments as `generate_batch`."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; use one of {list(DECODERS)}")
+    if decoder == "hf" or (decoder == "auto" and not static_preferred(model)):
+        return generate_batch(model, inputs, **kwargs)
+    from .static_decoder import StaticDecoderUnsupported, plan_for, static_decoder_for
+
+    plan_args = {k: kwargs[k] for k in ("max_new_tokens", "min_new_tokens", "suppress_token_ids", "eos_token_ids",
+                                        "pad_token_id", "do_sample", "temperature", "top_p") if k in kwargs}
+    try:
+        plan_for(model, **plan_args)
+    except StaticDecoderUnsupported as exc:
+        if decoder == "static":
+            raise StaticDecoderUnsupported(f"decoder='static' cannot reproduce this generation: {exc}; "
+                                           "use decoder='hf' (or 'auto')") from exc
+        return generate_batch(model, inputs, **kwargs)
+    return static_decoder_for(model).generate(model, inputs, **kwargs)

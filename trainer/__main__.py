@@ -14,11 +14,11 @@ import sys
 
 #: command name -> module (relative to this package) defining ``add_parser(subparsers)``.
 COMMANDS = {
-    "flow-grpo": ".flow_grpo_trainer",
-    "sft-generator": ".sft_generator",
-    "sft": ".sft",
-    "grpo": ".grpo",
-    "recipe": ".recipe",
+    "flow-grpo": ".generator.flow_grpo",
+    "sft-generator": ".generator.sft",
+    "sft": ".diagnoser.sft",
+    "grpo": ".diagnoser.grpo",
+    "recipe": ".diagnoser.recipe",
 }
 
 

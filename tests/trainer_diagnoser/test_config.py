@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagedoctor.trainer.diagnoser_config import ConfigError, GRPOConfig, SFTConfig
+from imagedoctor.trainer.diagnoser.config import ConfigError, GRPOConfig, SFTConfig
 
 BASE = dict(model="m", data="d", output_dir="o")
 
@@ -12,7 +12,7 @@ BASE = dict(model="m", data="d", output_dir="o")
 def test_defaults_are_valid_and_documented():
     for cls in (SFTConfig, GRPOConfig):
         cfg = cls(**BASE, **({"heatmap_weight": 1.0} if cls is SFTConfig else {}))
-        rows = cls.help_table()
+        rows = cls.help_rows()
         assert all(help_text for _, _, help_text in rows), "every field needs metadata help"
         assert {k for k, _, _ in rows} == set(cfg.to_dict())
 
@@ -47,5 +47,5 @@ def test_from_yaml_rejects_unknown_keys(tmp_path):
     path.write_text("model: m\ndata: d\noutput_dir: o\nstage: scores\nheatmap_weight: 0\nmax_steps: 7\n")
     cfg = SFTConfig.from_yaml(path)
     assert cfg.max_steps == 7 and cfg.stage == "scores"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="missing.yaml.*does not exist"):
         SFTConfig.from_yaml(tmp_path / "missing.yaml")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from imagedoctor.trainer.recipe import RecipeError, load_recipe, run_recipe
+from imagedoctor.trainer.diagnoser.recipe import RecipeError, load_recipe, run_recipe
 
 RECIPE = """
 model: {builder: mini, size: micro, seed: 0, image_area: 12544, corpus_samples: 20}

@@ -1,4 +1,4 @@
-"""Hand-made cases for the diagnoser GRPO rewards (REFERENCE.md §1 and §2 conventions)."""
+"""Hand-made cases for the diagnoser GRPO rewards (conventions: docs/provenance.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imagedoctor.core.diagnosis import Defect, Diagnosis
-from imagedoctor.trainer.diagnoser_rewards import (
+from imagedoctor.trainer.diagnoser.rewards import (
     compute_rewards,
     format_reward,
     grounding_reward,

@@ -1,12 +1,12 @@
 """GRPO of the diagnoser with verifiable rewards (ImageDoctor triplet, SDG detector reward).
 
-    python -m imagedoctor.trainer grpo --config grpo.yaml [--resume latest|CHECKPOINT]
+    python -m imagedoctor.trainer grpo --config grpo.yaml [--set KEY=VALUE] [--resume [latest|CHECKPOINT]]
 
 One iteration: take ``batch_size`` (image, prompt) pairs, sample ``num_generations`` (G)
 completions of each with the current policy through the core batched decoder
 (`core.generation.generate_batch`, which also captures the states the heatmap head needs), parse
 them into `Diagnosis`, score them with the configured reward functions, normalise rewards within
-each group of G, and take ``num_inner_steps`` clipped policy-gradient steps:
+each group of G, and take ``num_iterations`` (TRL's mu) clipped policy-gradient steps:
 
     ratio_t = exp(logp_t - logp_old_t)
     L_t = -min(ratio_t·A, clip(ratio_t, 1-ε, 1+ε)·A) + β·KL_t,
@@ -19,33 +19,22 @@ per completion first.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.diagnosis import Diagnosis
-from ..core.formats import parse
-from ..core.generation import generate_batch
-from ..core.prompts import assistant_prefill
-from . import checkpoint as ckpt
-from .diagnoser_config import GRPOConfig
-from .diagnoser_rewards import compute_rewards
-from .sft import (
-    Example,
-    TrainerBase,
-    add_trainer_parser,
-    MetricsLog,
-    build_optimizer,
-    batch_order,
-    load_example,
-    load_samples,
-    prepare_diagnoser,
-    seed_everything,
-    target_frame,
-)
+from ...core.diagnosis import Diagnosis
+from ...core.formats import parse
+from ...core.generation import generate_batch
+from ...core.prompts import assistant_prefill
+from ..common.cli import add_trainer_command
+from .base import DiagnoserTrainer
+from .config import GRPOConfig
+from .data import Example, batch_order, load_example, target_frame
+from .modeling import prepare_diagnoser
+from .rewards import compute_rewards
 
 logger = logging.getLogger("imagedoctor.trainer")
 RewardFn = Callable[[Diagnosis, Diagnosis], float]
@@ -110,45 +99,34 @@ def eos_ids(tokenizer) -> list[int]:
     return sorted({i for i in ids if isinstance(i, int) and i >= 0})
 
 
-class GRPOTrainer(TrainerBase):
+class GRPOTrainer(DiagnoserTrainer):
     """GRPO of a diagnoser from a `GRPOConfig`; ``train()`` runs ``max_steps`` iterations.
 
     ``reward_fns`` adds extra plain reward functions ``fn(pred, gt) -> float`` by name; their
     weights come from ``extra_weights`` (default 1.0 each). Built-in ones are chosen in the config.
     """
 
-    def __init__(self, config: GRPOConfig, resume: str | None = None,
-                 reward_fns: Mapping[str, RewardFn] | None = None, extra_weights: Mapping[str, float] | None = None):
-        if not isinstance(config, GRPOConfig):
-            raise TypeError(f"GRPOTrainer needs a GRPOConfig, got {type(config).__name__}")
-        self.cfg = config
-        self.resume = resume
-        self.out = Path(config.output_dir)
+    config_class = GRPOConfig
+
+    def __init__(self, config: GRPOConfig, reward_fns: Mapping[str, RewardFn] | None = None,
+                 extra_weights: Mapping[str, float] | None = None):
+        super().__init__(config)
         self.extra_rewards = dict(reward_fns or {})
         self.extra_weights = {k: float((extra_weights or {}).get(k, 1.0)) for k in self.extra_rewards}
-        self.train_samples = load_samples(config.data, "data")
-        self.eval_samples = load_samples(config.eval_data, "eval_data")[: config.eval_samples] if config.eval_data else []
         self.embed = None
         if config.embedding_model:
-            from ..core.metrics import sentence_transformer_embedder
+            from ...core.metrics import sentence_transformer_embedder
 
             self.embed = sentence_transformer_embedder(config.embedding_model)
 
-    # --- setup -------------------------------------------------------------------------
-    def _setup(self) -> None:
-        from accelerate import Accelerator
-
+    def _build(self):
         cfg = self.cfg
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-        seed_everything(cfg.seed)
-        self.dg, self.peft_model = prepare_diagnoser(cfg, need_head="heatmap" in cfg.rewards)
+        # The policy loss never reaches the heatmap head: it is frozen here (and DDP sees no unused parameter).
+        self.dg, self.peft_model = prepare_diagnoser(cfg, need_head="heatmap" in cfg.rewards, train_head=False)
         self.train_examples = [load_example(s, cfg, self.dg.family) for s in self.train_samples]
         self.eval_examples = [load_example(s, cfg, self.dg.family) for s in self.eval_samples]
         module = PolicyModule(self.dg)
-        module.train()
-        opt, sched = build_optimizer(module, cfg)
-        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, opt, sched)
-        self.raw_module = module
+        return module, [{"params": [p for p in module.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
 
     # --- rollouts ------------------------------------------------------------------------
     @torch.no_grad()
@@ -211,7 +189,7 @@ class GRPOTrainer(TrainerBase):
     def _ref_logp(self, batch: dict[str, Any]) -> torch.Tensor | None:
         if self.cfg.beta <= 0:
             return None
-        with torch.no_grad(), self.peft_model.disable_adapter():
+        with torch.no_grad(), self.peft_model.disable_adapter(), self.accelerator.autocast():
             return self.raw_module(**batch)
 
     def step(self, step: int) -> dict[str, float]:
@@ -226,7 +204,7 @@ class GRPOTrainer(TrainerBase):
         return logged
 
     def update(self, roll: dict[str, Any]) -> dict[str, float]:
-        """Group-normalised advantages from ``roll["rewards"]`` and ``num_inner_steps`` clipped
+        """Group-normalised advantages from ``roll["rewards"]`` and ``num_iterations`` clipped
         policy-gradient steps on the rollout's completions."""
         cfg, acc = self.cfg, self.accelerator
         adv = group_advantages(roll["rewards"], cfg.num_generations, cfg.scale_rewards).to(acc.device)
@@ -234,11 +212,11 @@ class GRPOTrainer(TrainerBase):
         mask = roll["mask"]
         ref = self._ref_logp(batch)
         old = None
-        if cfg.num_inner_steps > 1:
+        if cfg.num_iterations > 1:
             with torch.no_grad():
                 old = self.module(**batch)
         stats: dict[str, float] = {}
-        for _ in range(cfg.num_inner_steps):
+        for _ in range(cfg.num_iterations):
             logp = self.module(**batch)
             loss, stats = policy_loss(logp, logp.detach() if old is None else old, adv, mask, cfg.epsilon,
                                       cfg.beta, ref, cfg.loss_type)
@@ -258,6 +236,7 @@ class GRPOTrainer(TrainerBase):
                  do_sample: bool = False) -> dict[str, float]:
         """Mean reward on held-out examples (per reward and total): greedy rollouts by default, or
         ``num_samples`` sampled rollouts per example (fixed seed: the policy's expected reward)."""
+        self._setup()
         examples = self.eval_examples if examples is None else examples
         if not examples:
             return {}
@@ -271,20 +250,15 @@ class GRPOTrainer(TrainerBase):
             n += len(roll["diagnoses"])
         return {"eval/reward": totals / n, **{f"eval/reward_{k}": v / n for k, v in parts.items()}}
 
-    def train(self) -> dict[str, Any]:
-        """Run to ``max_steps`` iterations; returns {"step", "model_dir", "eval_before"?, "eval", ...}."""
-        from tqdm.auto import tqdm
-
+    def train(self, resume: str | None = None) -> dict[str, Any]:
+        """Run to ``max_steps`` iterations (from a checkpoint when ``resume``); returns
+        {"step", "model_dir", "train/...", "eval": {...}}."""
         cfg = self.cfg
         self._setup()
         acc = self.accelerator
-        step = 0
-        resume_path = ckpt.resolve_resume(self.resume, self.out / "checkpoints")
-        if resume_path is not None:
-            step = ckpt.load_checkpoint(resume_path, self.raw_module, self.optimizer, self.scheduler)
-        log = MetricsLog(self.out, acc.is_main_process, cfg.report_to == "tensorboard")
-        bar = tqdm(total=cfg.max_steps, initial=step, disable=not (cfg.progress_bar and acc.is_main_process),
-                   desc="grpo")
+        step = self._resume(resume)
+        log = self._logger()
+        bar = self._progress(step, "grpo")
         last: dict[str, float] = {}
         while step < cfg.max_steps:
             last = self.step(step)
@@ -304,4 +278,5 @@ class GRPOTrainer(TrainerBase):
 # --- CLI -------------------------------------------------------------------------------------
 def add_parser(subparsers) -> Any:
     """Register ``grpo`` on the trainer CLI (``python -m imagedoctor.trainer grpo --config C.yaml``)."""
-    return add_trainer_parser(subparsers, "grpo", "GRPO of the diagnoser with verifiable rewards", GRPOConfig, GRPOTrainer)
+    return add_trainer_command(subparsers, "grpo", "GRPO of the diagnoser with verifiable rewards", GRPOConfig,
+                               GRPOTrainer)

@@ -452,21 +452,36 @@ def dense_ratio(log_prob_map: torch.Tensor, old_log_prob_map: torch.Tensor) -> t
     return mean_ratio[:, None, None] * torch.exp(log_prob_map - log_prob_map.detach())
 
 
-def clipped_policy_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+def clipped_policy_loss(ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float) -> torch.Tensor:
     """PPO: ``mean(max(-A r, -A clip(r, 1-eps, 1+eps)))`` over all elements (``ratio`` ~ ``advantages``)."""
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon)
     return torch.maximum(unclipped, clipped).mean()
 
 
-def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std_dev_t: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-    """Per-image KL between the policy and reference Gaussian steps: ``mean ||mu - mu_ref||^2 / (2 s^2)``.
+KL_NORMALISATIONS = ("flow_grpo", "exact")
 
-    ``s = std_dev_t * sqrt(-dt)`` is the step's std (both steps share it). Returns ``[B]``.
+
+def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std_dev_t: torch.Tensor, dt: torch.Tensor,
+                    normalisation: str = "flow_grpo") -> torch.Tensor:
+    """Per-image KL term between the policy's and the reference's Gaussian SDE steps. Returns ``[B]``.
+
+    Both steps share the std ``s = std_dev_t * sqrt(-dt)``, so the Gaussian KL is
+    ``||mu - mu_ref||^2 / (2 s^2)``. With ``D = mean over non-batch dims of (mu - mu_ref)^2``:
+
+    - ``"flow_grpo"``: ``D / (2 std_dev_t^2)``, what flow_grpo's ``train_sd3.py`` adds to its loss
+      (the ``-dt`` factor left out), so a ``beta`` copied from a flow_grpo config acts the same;
+    - ``"exact"``: ``D / (2 std_dev_t^2 (-dt))``, the Gaussian KL of one step; ``1/(-dt)``
+      (about 7-30x at 10 steps) times the flow_grpo value.
     """
-    var = (std_dev_t**2 * (-dt)).clamp_min(1e-12)
-    kl = (mean - ref_mean.detach()) ** 2 / (2 * var)
-    return kl.mean(dim=tuple(range(1, kl.ndim)))
+    sq = ((mean - ref_mean.detach()) ** 2).mean(dim=tuple(range(1, mean.ndim)))
+    flat = lambda t: t.reshape(t.shape[0], -1)[:, 0] if t.ndim > 1 else t  # noqa: E731 - [B, 1, ...] -> [B]
+    var = flat(std_dev_t) ** 2
+    if normalisation == "exact":
+        var = var * (-flat(dt))
+    elif normalisation != "flow_grpo":
+        raise ValueError(f"kl normalisation must be one of {list(KL_NORMALISATIONS)}, got {normalisation!r}")
+    return sq / (2 * var.clamp_min(1e-12))
 
 
 def step_dt(scheduler, timestep, sample: torch.Tensor) -> torch.Tensor:
@@ -488,7 +503,7 @@ def flow_grpo_loss(
     log_prob: torch.Tensor,
     old_log_prob: torch.Tensor,
     advantages: torch.Tensor,
-    clip_range: float = 1e-4,
+    epsilon: float = 1e-4,
     kl: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> LossOutput:
@@ -508,10 +523,10 @@ def flow_grpo_loss(
             log_prob, old_log_prob = log_prob.mean(dim=(1, 2)), old_log_prob.mean(dim=(1, 2))
         ratio = torch.exp(log_prob - old_log_prob)
         log_ratio = log_prob - old_log_prob
-    policy = clipped_policy_loss(ratio, advantages.to(ratio.dtype), clip_range)
+    policy = clipped_policy_loss(ratio, advantages.to(ratio.dtype), epsilon)
     kl_mean = kl.mean() if kl is not None else torch.zeros((), device=policy.device)
     loss = policy + beta * kl_mean if beta else policy
     with torch.no_grad():
-        clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
+        clip_fraction = ((ratio - 1.0).abs() > epsilon).float().mean()
         approx_kl = 0.5 * (log_ratio**2).mean()
     return LossOutput(loss, policy.detach(), kl_mean.detach(), clip_fraction, approx_kl)

@@ -2,18 +2,19 @@
 
 One iteration, per process::
 
-    prompts (batch_size / group_size of them, each repeated group_size times)
+    prompts (batch_size / num_generations of them, each repeated num_generations times)
       -> sample trajectories: SDE on the window [sde_window_start, +sde_window_size), ODE elsewhere,
          recording latents and (per-pixel) log-probs                      (no grad)
       -> decode, reward(images, prompts, latent_size=...) -> [B] or [B, h, w]
       -> advantages per prompt group (scalar) or per prompt and pixel (dense)
-      -> for every micro-batch and SDE step: recompute the step's log-prob with grad, PPO-clipped
-         loss (+ beta * KL to the LoRA-disabled reference), accumulate; optimiser step(s); EMA.
+      -> num_iterations passes (TRL's mu) of: for every micro-batch and SDE step, recompute the
+         step's log-prob with grad, PPO-clipped loss (+ beta * KL to the LoRA-disabled reference),
+         accumulate; steps_per_generation optimiser steps per pass; EMA.
 
 ``accelerate`` handles devices, mixed precision and DDP (``accelerate launch -m imagedoctor.trainer
-flow-grpo ...`` works unchanged). Checkpoints (``save_state``: LoRA, optimiser, LR scheduler, RNG,
-plus step and EMA) are written to a temp folder and renamed, so a crash never leaves half a
-checkpoint; ``resume`` continues bit-exactly because every random draw is keyed by
+flow-grpo ...`` works unchanged). Checkpoints use the common format (`trainer.common.checkpoint`:
+LoRA, optimiser, LR scheduler, per-process RNG, step, EMA and metric history, written to a temp
+folder and renamed); ``resume`` continues bit-exactly because every random draw is keyed by
 ``(seed, iteration, process)``.
 
     trainer = FlowGRPOTrainer(config)            # or FlowGRPOTrainer(config, reward_fn=my_reward)
@@ -26,7 +27,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,7 +34,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .flow_grpo import (
+from ..common import checkpoint as ckpt
+from ..common.cli import add_trainer_command
+from ..common.config import ConfigError
+from ..common.metrics import MetricsLogger
+from ..common.runtime import build_optimizer, make_accelerator
+from .config import FlowGRPOConfig, GeneratorConfig
+from .lora_export import add_lora, export_lora, lora_parameters
+from .rewards import as_reward_tensor, load_reward
+from .sde import (
     Conditioning,
     PipelineAdapter,
     dense_advantages,
@@ -45,19 +53,11 @@ from .flow_grpo import (
     sde_step_with_logprob,
     step_dt,
 )
-from .generator_config import ConfigError, FlowGRPOConfig, GeneratorConfig
-from .generator_rewards import as_reward_tensor, load_reward
-from .lora_export import add_lora, export_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-LORA_CHECKPOINT_FILE = "lora_weights.safetensors"
-TRAINER_STATE_FILE = "trainer_state.pt"
-
-
 # --------------------------------------------------------------------------------------------
-# Shared helpers (also used by sft_generator)
+# Shared helpers (also used by the generator SFT)
 # --------------------------------------------------------------------------------------------
 def weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
@@ -90,55 +90,22 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def make_accelerator(config: GeneratorConfig, project_name: str):
-    """An `Accelerator` with the config's mixed precision and (optional) TensorBoard tracker."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
-
-    log_with = "tensorboard" if config.logging == "tensorboard" else None
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-    )
-    if log_with and accelerator.is_main_process:
-        hparams = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(project_name, config=hparams)
-    return accelerator
-
-
 class LoraTrainingState:
-    """LoRA parameters, their EMA, and checkpoint hooks for `accelerate.save_state`.
+    """The LoRA parameters of a transformer and (optionally) their exponential moving average."""
 
-    The hooks make ``save_state`` write only the LoRA (not the frozen base model) and
-    ``load_state`` read it back, so checkpoints stay small and resume is exact.
-    """
-
-    def __init__(self, accelerator, transformer: torch.nn.Module, ema: bool, ema_decay: float):
-        self.accelerator = accelerator
+    def __init__(self, transformer: torch.nn.Module, ema: bool, ema_decay: float):
         self.transformer = transformer
         self.params = lora_parameters(transformer)
         self.ema_decay = ema_decay
         self.ema = [p.detach().clone().float() for p in self.params] if ema else None
-        accelerator.register_save_state_pre_hook(self._save_hook)
-        accelerator.register_load_state_pre_hook(self._load_hook)
 
-    def _save_hook(self, models, weights, output_dir):
-        from safetensors.torch import save_file
+    def ema_tensors(self) -> dict[str, torch.Tensor]:
+        """{"ema.<i>": tensor} for the checkpoint (empty without EMA)."""
+        return {f"ema.{i}": e for i, e in enumerate(self.ema)} if self.ema is not None else {}
 
-        if self.accelerator.is_main_process:
-            save_file({k: v.contiguous().cpu() for k, v in lora_state_dict(self.transformer).items()},
-                      str(Path(output_dir) / LORA_CHECKPOINT_FILE))
-        while weights:
-            weights.pop()
-
-    def _load_hook(self, models, input_dir):
-        from safetensors.torch import load_file
-
-        load_lora_state_dict(self.transformer, load_file(str(Path(input_dir) / LORA_CHECKPOINT_FILE)))
-        while models:
-            models.pop()
+    def load_ema(self, tensors: dict[str, torch.Tensor], device) -> None:
+        if self.ema is not None and tensors:
+            self.ema = [tensors[f"ema.{i}"].to(device) for i in range(len(self.ema))]
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -165,50 +132,75 @@ class LoraTrainingState:
                     p.copy_(b)
 
 
-def build_optimizer(config: GeneratorConfig, params: Sequence[torch.nn.Parameter], total_steps: int):
-    from diffusers.optimization import get_scheduler
+class GeneratorTrainer:
+    """What the generator trainers share: pipeline + LoRA setup, optimiser, checkpoints, export."""
 
-    optimizer = torch.optim.AdamW(
-        params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
-    )
-    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
-                              num_training_steps=max(1, total_steps))
-    return optimizer, scheduler
+    trainer_name = "generator"
 
+    def _setup_model(self, config: GeneratorConfig) -> None:
+        self.accelerator = make_accelerator(config)
+        self.device = self.accelerator.device
+        self.pipeline = load_pipeline(config.model, config.family, weight_dtype(config.mixed_precision))
+        self.pipeline.to(self.device)
+        self.adapter = PipelineAdapter(self.pipeline, config.max_sequence_length)
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, extra: dict, keep: int) -> Path:
-    """``save_state`` into ``checkpoints/checkpoint-STEP`` atomically (temp folder + rename)."""
-    root = Path(output_dir) / CHECKPOINT_DIR
-    final = root / f"checkpoint-{step:07d}"
-    tmp = root / f".tmp-checkpoint-{step:07d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        torch.save({"step": step, **extra}, tmp / TRAINER_STATE_FILE)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        checkpoints = sorted(p for p in root.glob("checkpoint-*") if p.is_dir())
-        for old in checkpoints[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+    def _add_lora(self, config: GeneratorConfig, total_steps: int) -> None:
+        transformer = self.pipeline.transformer
+        add_lora(transformer, config.lora_r, config.lora_alpha, config.lora_target_modules,
+                 init=_lora_init(config.lora_init), seed=config.seed)
+        for p in lora_parameters(transformer):
+            p.data = p.data.float()
+        if config.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        optimizer, scheduler = build_optimizer(lora_parameters(transformer), config, total_steps)
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(transformer, optimizer, scheduler)
+        self.transformer = transformer
+        self.state = LoraTrainingState(transformer, config.ema, config.ema_decay)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.log = MetricsLogger(config.output_dir, self.accelerator.is_main_process, config.report_to)
 
+    # -- checkpoints and export ------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        cfg = self.config
+        return ckpt.save_checkpoint(Path(cfg.output_dir) / ckpt.CHECKPOINT_DIR, self.step, self.transformer,
+                                    self.optimizer, self.lr_scheduler, cfg.to_dict(), keep=cfg.save_total_limit,
+                                    accelerator=self.accelerator, extra_tensors=self.state.ema_tensors(),
+                                    extra={"history": self.history})
 
-def find_checkpoint(output_dir: str | Path, resume: str) -> Path:
-    """``resume`` = "latest" (newest complete checkpoint in output_dir) or a checkpoint folder."""
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / TRAINER_STATE_FILE).exists():
-            raise FileNotFoundError(f"--resume {resume!r} is not a checkpoint folder (no {TRAINER_STATE_FILE})")
+    def load_checkpoint(self, path: str | Path) -> None:
+        state = ckpt.load_checkpoint(path, self.transformer, self.optimizer, self.lr_scheduler, self.accelerator)
+        self.step = state["step"]
+        self.history = list(state["extra"].get("history", []))
+        self.state.load_ema(state["extra_tensors"], self.device)
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def _begin(self, resume: str | None) -> None:
+        out_dir = Path(self.config.output_dir)
+        if self.accelerator.is_main_process:
+            self.config.save(out_dir / "config.yaml")
+        path = ckpt.resolve_resume(resume, out_dir / ckpt.CHECKPOINT_DIR)
+        if path is not None:
+            self.load_checkpoint(path)
+
+    def _end(self) -> dict[str, Any]:
+        self.save_checkpoint()
+        path = self.export()
+        self.log.close()
+        return {"step": self.step, "lora_path": str(path), "history": self.history}
+
+    def export(self, path: str | Path | None = None) -> Path:
+        """Write the (EMA, if configured) LoRA in the diffusers/ComfyUI format."""
+        cfg = self.config
+        path = Path(path) if path else Path(cfg.output_dir) / cfg.export_name
+        if self.accelerator.is_main_process:
+            ctx = self.state.ema_weights() if (cfg.ema and cfg.export_ema) else contextlib.nullcontext()
+            with ctx:
+                export_lora(self.transformer, path, dtype=getattr(torch, cfg.export_dtype),
+                            metadata={"imagedoctor.trainer": self.trainer_name,
+                                      "imagedoctor.family": self.adapter.family})
+        self.accelerator.wait_for_everyone()
         return path
-    found = sorted(p for p in (Path(output_dir) / CHECKPOINT_DIR).glob("checkpoint-*") if (p / TRAINER_STATE_FILE).exists())
-    if not found:
-        raise FileNotFoundError(f"--resume latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}")
-    return found[-1]
 
 
 def seeded_generators(seed: int, *keys: int, count: int) -> list[torch.Generator]:
@@ -225,41 +217,27 @@ def initial_noise(generators: list[torch.Generator], shape: tuple[int, int, int]
 # --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
-class FlowGRPOTrainer:
+class FlowGRPOTrainer(GeneratorTrainer):
     """Flow-GRPO with scalar, DenseFlow or BoxFlow rewards on an SD3/FLUX LoRA.
 
     Args:
         config: a validated `FlowGRPOConfig`.
-        reward_fn: a reward function (see `generator_rewards`); default: built from
+        reward_fn: a reward function (see `generator.rewards`); default: built from
             ``config.reward`` / ``config.reward_kwargs``.
     """
+
+    trainer_name = "flow-grpo"
 
     def __init__(self, config: FlowGRPOConfig, reward_fn: Callable[..., Any] | None = None):
         self.config = config
         self.prompts = read_prompts(config.prompts_file)
         self.reward_fn = reward_fn if reward_fn is not None else self._build_reward()
         self.dense = config.reward_mode in ("dense", "box")
-        self.accelerator = make_accelerator(config, "flow_grpo")
-        self.device = self.accelerator.device
-        self.pipeline = load_pipeline(config.pretrained_model, config.family, weight_dtype(config.mixed_precision))
-        self.pipeline.to(self.device)
-        self.adapter = PipelineAdapter(self.pipeline, config.max_sequence_length)
+        total = config.max_steps * config.num_iterations * config.steps_per_generation
+        self._setup_model(config)
         self.latent_size = self.adapter.latent_size(config.resolution, config.resolution)
         self.prompt_cache = self._cache_prompts() if config.cache_prompt_embeddings else None
-        transformer = self.pipeline.transformer
-        add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_targets,
-                 init=_lora_init(config.lora_init), seed=config.seed)
-        for p in lora_parameters(transformer):
-            p.data = p.data.float()
-        if config.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        optimizer, scheduler = build_optimizer(
-            config, lora_parameters(transformer), config.num_iterations * config.optimizer_steps_per_iteration)
-        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(transformer, optimizer, scheduler)
-        self.transformer = transformer
-        self.state = LoraTrainingState(self.accelerator, transformer, config.ema, config.ema_decay)
-        self.step = 0
-        self.history: list[dict[str, float]] = []
+        self._add_lora(config, total)
 
     def _build_reward(self):
         kwargs = dict(self.config.reward_kwargs)
@@ -354,9 +332,9 @@ class FlowGRPOTrainer:
     def _iteration_prompts(self, step: int) -> list[str]:
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, step, self.accelerator.process_index, 1])
-        n = cfg.batch_size // cfg.group_size
+        n = cfg.batch_size // cfg.num_generations
         picks = rng.choice(len(self.prompts), size=n, replace=n > len(self.prompts))
-        return [self.prompts[i] for i in picks for _ in range(cfg.group_size)]
+        return [self.prompts[i] for i in picks for _ in range(cfg.num_generations)]
 
     def _rewards(self, images: torch.Tensor, prompts: list[str], step: int) -> torch.Tensor:
         reward = as_reward_tensor(self.reward_fn(images, prompts, latent_size=self.latent_size, step=step),
@@ -390,16 +368,16 @@ class FlowGRPOTrainer:
             with torch.no_grad(), _adapters_disabled(self.transformer), self.accelerator.autocast():
                 v_ref = self.adapter.velocity(self.model, x, t, c, cfg.guidance_scale)
             _, _, mean_ref, _ = sde_step_with_logprob(scheduler, v_ref, t, x, cfg.noise_level, prev_sample=x_next)
-            kl = kl_to_reference(mean, mean_ref, std, step_dt(scheduler, t, x.float()))
+            kl = kl_to_reference(mean, mean_ref, std, step_dt(scheduler, t, x.float()), cfg.kl_normalisation)
         old = old_maps[idx, j] if self.dense else old_lp[idx, j]
-        return flow_grpo_loss(lp, old.to(lp.device), adv[idx].to(lp.device), cfg.clip_range, kl, cfg.beta)
+        return flow_grpo_loss(lp, old.to(lp.device), adv[idx].to(lp.device), cfg.epsilon, kl, cfg.beta)
 
     def _update(self, latents, old_lp, old_maps, adv, cond, timesteps, sde_steps) -> dict[str, float]:
         """Accumulate the loss over micro-batches and SDE steps; optimiser step(s); EMA."""
         cfg = self.config
         self.model.train()
         n_micro = cfg.batch_size // cfg.micro_batch_size
-        per_opt = n_micro // cfg.optimizer_steps_per_iteration
+        per_opt = n_micro // cfg.steps_per_generation
         stats: dict[str, list[float]] = {"loss": [], "policy_loss": [], "kl": [], "clip_fraction": [], "approx_kl": []}
         grad_norms = []
         for m in range(n_micro):
@@ -438,7 +416,8 @@ class FlowGRPOTrainer:
         rewards = self._rewards(images.cpu(), prompts, step)
         adv = self._advantages(rewards, prompts)
         t_reward = time.perf_counter()
-        metrics = self._update(latents, lp, maps, adv, cond, timesteps, cfg.sde_steps)
+        for _ in range(cfg.num_iterations):  # TRL's mu: passes over the same samples
+            metrics = self._update(latents, lp, maps, adv, cond, timesteps, cfg.sde_steps)
         t_end = time.perf_counter()
         per_image = rewards.reshape(len(prompts), -1).mean(dim=1).to(self.device)
         all_rewards = self.accelerator.gather(per_image)
@@ -449,75 +428,33 @@ class FlowGRPOTrainer:
         return metrics
 
     # -- loop ---------------------------------------------------------------------------
-    def train(self, resume: str | None = None) -> list[dict[str, float]]:
-        """Run ``num_iterations`` (continuing from a checkpoint when ``resume``), export the LoRA.
-
-        Returns the per-iteration metrics of this run.
-        """
+    def train(self, resume: str | None = None) -> dict[str, Any]:
+        """Run to ``max_steps`` iterations (continuing from a checkpoint when ``resume`` is "latest"
+        or a folder) and export the LoRA. Returns {"step", "lora_path", "history"}."""
         from tqdm.auto import tqdm
 
         cfg = self.config
-        out_dir = Path(cfg.output_dir)
-        if self.accelerator.is_main_process:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(out_dir / "config.yaml")
-        if resume:
-            self.load_checkpoint(find_checkpoint(out_dir, resume))
-        bar = tqdm(total=cfg.num_iterations, initial=self.step, desc="flow-grpo",
+        self._begin(resume)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="flow-grpo",
                    disable=not (cfg.progress_bar and self.accelerator.is_main_process))
-        while self.step < cfg.num_iterations:
+        while self.step < cfg.max_steps:
             metrics = self.iteration(self.step)
             self.step += 1
             self.history.append(metrics)
             self._log(metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.3g}")
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.num_iterations:
+            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
-        self.save_checkpoint()
-        self.export()
-        self.accelerator.end_training()
-        return self.history
+        return self._end()
 
     def _log(self, metrics: dict[str, float]) -> None:
         cfg = self.config
-        if cfg.logging == "none":
-            return
-        if self.step % cfg.log_every == 0:
-            self.accelerator.log({f"train/{k}": v for k, v in metrics.items()}, step=self.step)
-        if cfg.sample_every and self.step % cfg.sample_every == 0 and self.accelerator.is_main_process:
-            with contextlib.suppress(Exception):  # image logging must never stop training
-                tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
-                tracker.add_images("samples", self._last_images[: cfg.group_size].float().cpu(), self.step,
-                                   dataformats="NCHW")
-
-    # -- checkpoints and export ------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        extra = {"ema": self.state.ema, "history": self.history}
-        return save_checkpoint(self.accelerator, self.config.output_dir, self.step, extra, self.config.keep_checkpoints)
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        path = Path(path)
-        self.accelerator.load_state(str(path))
-        state = torch.load(path / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
-        self.step = int(state["step"])
-        self.history = list(state.get("history", []))
-        if self.state.ema is not None and state.get("ema") is not None:
-            self.state.ema = [e.to(self.device) for e in state["ema"]]
-        logger.info("resumed from %s at iteration %d", path, self.step)
-
-    def export(self, path: str | Path | None = None) -> Path:
-        """Write the (EMA, if configured) LoRA in the diffusers/ComfyUI format."""
-        cfg = self.config
-        path = Path(path) if path else Path(cfg.output_dir) / cfg.export_name
-        if self.accelerator.is_main_process:
-            ctx = self.state.ema_weights() if (cfg.ema and cfg.export_ema) else contextlib.nullcontext()
-            with ctx:
-                export_lora(self.transformer, path, dtype=getattr(torch, cfg.export_dtype),
-                            metadata={"imagedoctor.trainer": "flow-grpo", "imagedoctor.family": self.adapter.family})
-        self.accelerator.wait_for_everyone()
-        return path
+        if self.step % cfg.logging_steps == 0:
+            self.log.log(self.step, {f"train/{k}": v for k, v in metrics.items()})
+        if cfg.sample_steps and self.step % cfg.sample_steps == 0:
+            self.log.log_images(self.step, "samples", self._last_images[: cfg.num_generations])
 
 
 def _lora_init(value: str) -> str | bool:
@@ -534,53 +471,15 @@ def _adapters_disabled(transformer):
         transformer.enable_adapters()
 
 
-__all__ = ["FlowGRPOTrainer", "load_pipeline", "read_prompts", "save_checkpoint", "find_checkpoint"]
+__all__ = ["FlowGRPOTrainer", "GeneratorTrainer", "load_pipeline", "read_prompts"]
 
 
 # --------------------------------------------------------------------------------------------
 # CLI: python -m imagedoctor.trainer flow-grpo --config CONFIG.yaml
 # --------------------------------------------------------------------------------------------
-def add_config_arguments(parser) -> None:
-    """``--config``, ``--set KEY=VALUE``, ``--resume`` and ``--help-config`` (shared with sft-generator)."""
-    parser.add_argument("--config", help="YAML config (flat mapping of config keys; see docs/training-generator.md)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (value parsed as YAML); repeatable")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue from the newest checkpoint in output_dir (or the given folder)")
-    parser.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
-
-
-def config_from_args(args, cls):
-    """Validated config from ``--config`` + ``--set`` (raises `ConfigError` before any model loads)."""
-    from .generator_config import load_config, parse_override
-
-    overrides = dict(parse_override(o) for o in args.overrides)
-    if not args.config and not overrides:
-        raise ConfigError("no config given. Fix: pass --config CONFIG.yaml (see docs/training-generator.md)")
-    return load_config(args.config, cls, overrides)
-
-
-def run_command(args, config_cls, trainer_cls) -> int:
-    """Run one generator-training command (``flow-grpo``, ``sft-generator``) from parsed CLI args."""
-    if args.help_config:
-        print(config_cls.help_text())
-        return 0
-    config = config_from_args(args, config_cls)
-    trainer = trainer_cls(config)
-    trainer.train(resume=args.resume)
-    if trainer.accelerator.is_main_process:
-        print(f"LoRA written to {Path(config.output_dir) / config.export_name}")
-    return 0
-
-
-def _run(args) -> int:
-    return run_command(args, FlowGRPOConfig, FlowGRPOTrainer)
-
-
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "flow-grpo", help="Flow-GRPO / DenseFlow / BoxFlow LoRA training of an SD3 or FLUX generator",
-        description="Reinforcement fine-tuning of a flow-matching text-to-image model (LoRA) with "
-                    "scalar, heatmap (DenseFlow) or box (BoxFlow) rewards.")
-    add_config_arguments(parser)
-    parser.set_defaults(func=_run)
+    add_trainer_command(
+        subparsers, "flow-grpo", "Flow-GRPO / DenseFlow / BoxFlow LoRA training of an SD3 or FLUX generator",
+        FlowGRPOConfig, FlowGRPOTrainer,
+        description="Reinforcement fine-tuning of a flow-matching text-to-image model (LoRA) with scalar, heatmap "
+                    "(DenseFlow) or box (BoxFlow) rewards.")

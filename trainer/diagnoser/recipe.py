@@ -85,20 +85,18 @@ def _substitute(value: Any, names: dict[str, str]) -> Any:
 
 
 def _stage_config(recipe: dict, stage: dict, names: dict[str, str]):
-    import yaml
+    from ..common.config import load_yaml
+    from .config import GRPOConfig, SFTConfig
 
-    from .diagnoser_config import GRPOConfig, SFTConfig
-
-    path = recipe["_folder"] / stage["config"]
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(recipe["_folder"] / stage["config"])
     cls = SFTConfig if stage["trainer"] == "sft" else GRPOConfig
     return cls.from_dict(_substitute(data, names))
 
 
 def run_recipe(folder: str | Path, workdir: str | Path, stop_after: str | None = None) -> dict[str, Any]:
     """Run (or continue) the recipe in ``folder`` inside ``workdir``; returns a summary."""
-    from ..core.mini import build_mini_diagnoser
-    from ..core.synth import generate
+    from ...core.mini import build_mini_diagnoser
+    from ...core.synth import generate
 
     recipe = load_recipe(folder)
     work = Path(workdir).resolve()
@@ -133,14 +131,14 @@ def run_recipe(folder: str | Path, workdir: str | Path, stop_after: str | None =
         out = Path(cfg.output_dir)
         start = time.perf_counter()
         if not (out / "model" / "config.json").is_file():
-            from . import checkpoint as ckpt
+            from ..common import checkpoint as ckpt
 
-            resume = "latest" if ckpt.list_checkpoints(out / "checkpoints") else None
+            resume = "latest" if ckpt.list_checkpoints(out / ckpt.CHECKPOINT_DIR) else None
             if stage["trainer"] == "sft":
                 from .sft import SFTTrainer as Trainer
             else:
                 from .grpo import GRPOTrainer as Trainer
-            result = Trainer(cfg, resume=resume).train()
+            result = Trainer(cfg).train(resume=resume)
             (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
         previous = str(out / "model")
         done(f"stage{i + 1}.{stage['trainer']}", time.perf_counter() - start, config=stage["config"])
@@ -167,10 +165,10 @@ def run_recipe(folder: str | Path, workdir: str | Path, stop_after: str | None =
 
 def evaluate_heldout(model_dir: str | Path, data: str | Path, batch_size: int = 8, max_new_tokens: int = 400) -> dict:
     """`core.mini.mini_targets` of the model at ``model_dir`` on the data set ``data``."""
-    from ..core.data import load_project_dataset
-    from ..core.diagnoser import Diagnoser
-    from ..core.metrics import to_jsonable
-    from ..core.mini import mini_targets
+    from ...core.data import load_project_dataset
+    from ...core.diagnoser import Diagnoser
+    from ...core.metrics import to_jsonable
+    from ...core.mini import mini_targets
 
     dg = Diagnoser.from_pretrained(str(model_dir), dtype="fp32", device="cpu")
     area = getattr(dg.model.config, "imagedoctor_image_area", None) or "auto"

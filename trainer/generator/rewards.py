@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..core.diagnosis import HEATMAP_NAMES, LABELS, Diagnosis
+from ...core.diagnosis import HEATMAP_NAMES, LABELS, Diagnosis
 
 RewardFn = Callable[..., Any]
 REWARD_MODES = ("scalar", "dense", "box")
@@ -197,7 +197,7 @@ def diagnoser_reward(
     if mode not in REWARD_MODES:
         raise ValueError(f"unknown reward mode {mode!r}; use one of {list(REWARD_MODES)}")
     if isinstance(diagnoser, (str, bytes)) or hasattr(diagnoser, "__fspath__"):
-        from ..core.diagnoser import Diagnoser
+        from ...core.diagnoser import Diagnoser
 
         diagnoser = Diagnoser.from_pretrained(str(diagnoser))
 

@@ -156,7 +156,7 @@ def build_tiny_pipeline(out_dir: str | Path, family: str = "sd3", seed: int = 0)
     """Build a tiny random pipeline of ``family`` ("sd3" or "flux") and save it to ``out_dir``.
 
     Returns ``out_dir``; load it with ``StableDiffusion3Pipeline.from_pretrained(out_dir)`` or
-    ``FluxPipeline.from_pretrained(out_dir)`` (or `imagedoctor.trainer.flow_grpo_trainer.load_pipeline`).
+    ``FluxPipeline.from_pretrained(out_dir)`` (or `imagedoctor.trainer.generator.flow_grpo.load_pipeline`).
     """
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 

@@ -3,12 +3,12 @@
 All take a predicted `Diagnosis` (parsed rollout, heatmaps attached when the head ran) and the
 ground-truth `Diagnosis` of the same image; boxes are pixels of the original image.
 
-ImageDoctor (REFERENCE.md §1): `score_reward` (1 - 3|s - s~| per score), `heatmap_reward`
+ImageDoctor (sources: docs/provenance.md): `score_reward` (1 - 3|s - s~| per score), `heatmap_reward`
 (1 - clip(80·MSE) misalignment, 1 - clip(40·MSE) artifact), `grounding_reward` (completeness +
 compactness + uniqueness of the predicted boxes against the GT heat). Conventions: a term whose
 prediction and ground truth are both empty is 1, one empty and not the other is 0.
 
-SDG detector (REFERENCE.md §2): `sdg_detector_reward` = -1 on a format failure, else
+SDG detector (sources: docs/provenance.md): `sdg_detector_reward` = -1 on a format failure, else
 0.6·R_box + 0.25·R_desc + 0.15·R_imp with per-label Hungarian matching on -DIoU.
 """
 
@@ -18,8 +18,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..core.diagnosis import HEATMAP_NAMES, LABELS, SCORE_NAMES, Diagnosis
-from ..core.geometry import box_mask, diou, iou, pairwise
+from ...core.diagnosis import HEATMAP_NAMES, LABELS, SCORE_NAMES, Diagnosis
+from ...core.geometry import box_mask, diou, iou, pairwise
 
 #: Heatmap reward scales of upstream (MSE at 288x288).
 HEATMAP_SCALES = {"misalignment": 80.0, "artifact": 40.0}
@@ -153,7 +153,7 @@ def sdg_detector_reward(
     both_empty_bonus: float = 0.3,
     weights: tuple[float, float, float] = (0.6, 0.25, 0.15),
 ) -> float:
-    """The SDG detector's GRPO reward of one prediction (REFERENCE.md §2).
+    """The SDG detector's GRPO reward of one prediction (the SDG paper's reward; docs/provenance.md).
 
     Format failure (the parser reported problems) -> -1. Otherwise, per label, boxes are
     matched by Hungarian assignment on -DIoU; R_box = (Σ matched DIoU - miss_penalty·misses -

@@ -6,7 +6,7 @@ prompt) and train with the rectified-flow loss
     x_t = (1 - sigma) * x_0 + sigma * noise,   loss = || v_theta(x_t, sigma) - (noise - x_0) ||^2
 
 with ``sigma`` drawn uniformly or logit-normally (SD3's default). Same config style, checkpoints
-(``save_state``, atomic, exact ``--resume``) and LoRA export as ``flow-grpo``.
+(the common format: atomic, exact ``--resume``) and LoRA export as ``flow-grpo``.
 
 Data layout (any of, per image ``NAME.png|jpg|jpeg|webp``):
 
@@ -22,27 +22,15 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .flow_grpo import PipelineAdapter
-from .flow_grpo_trainer import (
-    LoraTrainingState,
-    _lora_init,
-    add_config_arguments,
-    build_optimizer,
-    run_command,
-    find_checkpoint,
-    load_pipeline,
-    make_accelerator,
-    save_checkpoint,
-    seeded_generators,
-    weight_dtype,
-    TRAINER_STATE_FILE,
-)
-from .generator_config import ConfigError, SFTGeneratorConfig
-from .lora_export import add_lora, export_lora, lora_parameters
+from ..common.cli import add_trainer_command
+from ..common.config import ConfigError
+from .config import SFTGeneratorConfig
+from .flow_grpo import GeneratorTrainer, seeded_generators
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -92,34 +80,20 @@ def sample_sigmas(generator: torch.Generator, n: int, mode: str) -> torch.Tensor
     return torch.sigmoid(torch.randn(n, generator=generator))
 
 
-class SFTGeneratorTrainer:
+class SFTGeneratorTrainer(GeneratorTrainer):
     """Flow-matching LoRA fine-tuning on a folder of (prompt, image) pairs."""
+
+    trainer_name = "sft-generator"
 
     def __init__(self, config: SFTGeneratorConfig):
         self.config = config
         self.pairs = read_pairs(config.data_dir)
-        self.accelerator = make_accelerator(config, "sft_generator")
-        self.device = self.accelerator.device
-        self.pipeline = load_pipeline(config.pretrained_model, config.family, weight_dtype(config.mixed_precision))
-        self.pipeline.to(self.device)
-        self.adapter = PipelineAdapter(self.pipeline, config.max_sequence_length)
+        self._setup_model(config)
         self.adapter.latent_size(config.resolution, config.resolution)  # validates the resolution
         self.guidance = 1.0  # SD3: no CFG in training; FLUX: guidance embedding value
         self._encode_data()
-        transformer = self.pipeline.transformer
-        add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_targets,
-                 init=_lora_init(config.lora_init), seed=config.seed)
-        for p in lora_parameters(transformer):
-            p.data = p.data.float()
-        if config.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
         self.total_steps = self._total_steps()
-        optimizer, scheduler = build_optimizer(config, lora_parameters(transformer), self.total_steps)
-        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(transformer, optimizer, scheduler)
-        self.transformer = transformer
-        self.state = LoraTrainingState(self.accelerator, transformer, config.ema, config.ema_decay)
-        self.step = 0
-        self.history: list[dict[str, float]] = []
+        self._add_lora(config, self.total_steps)
 
     @torch.no_grad()
     def _encode_data(self) -> None:
@@ -180,53 +154,27 @@ class SFTGeneratorTrainer:
         self.state.update_ema()
         return {"loss": float(np.mean(losses)), "lr": float(self.lr_scheduler.get_last_lr()[0])}
 
-    def train(self, resume: str | None = None) -> list[dict[str, float]]:
+    def train(self, resume: str | None = None) -> dict[str, Any]:
+        """Train to the configured steps (from a checkpoint when ``resume``), export the LoRA.
+        Returns {"step", "lora_path", "history"}."""
         from tqdm.auto import tqdm
 
         cfg = self.config
-        out = Path(cfg.output_dir)
-        if self.accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            cfg.save(out / "config.yaml")
-        if resume:
-            path = find_checkpoint(out, resume)
-            self.accelerator.load_state(str(path))
-            state = torch.load(path / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
-            self.step, self.history = int(state["step"]), list(state.get("history", []))
-            if self.state.ema is not None and state.get("ema") is not None:
-                self.state.ema = [e.to(self.device) for e in state["ema"]]
+        self._begin(resume)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="sft-generator",
                    disable=not (cfg.progress_bar and self.accelerator.is_main_process))
         while self.step < self.total_steps:
             metrics = self.train_step(self.step)
             self.step += 1
             self.history.append(metrics)
-            if cfg.logging != "none" and self.step % cfg.log_every == 0:
-                self.accelerator.log({f"train/{k}": v for k, v in metrics.items()}, step=self.step)
+            if self.step % cfg.logging_steps == 0:
+                self.log.log(self.step, {f"train/{k}": v for k, v in metrics.items()})
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
-                self._save()
+            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
         bar.close()
-        self._save()
-        self.export()
-        self.accelerator.end_training()
-        return self.history
-
-    def _save(self) -> Path:
-        extra = {"ema": self.state.ema, "history": self.history}
-        return save_checkpoint(self.accelerator, self.config.output_dir, self.step, extra, self.config.keep_checkpoints)
-
-    def export(self, path: str | Path | None = None) -> Path:
-        cfg = self.config
-        path = Path(path) if path else Path(cfg.output_dir) / cfg.export_name
-        if self.accelerator.is_main_process:
-            ctx = self.state.ema_weights() if (cfg.ema and cfg.export_ema) else contextlib.nullcontext()
-            with ctx:
-                export_lora(self.transformer, path, dtype=getattr(torch, cfg.export_dtype),
-                            metadata={"imagedoctor.trainer": "sft-generator", "imagedoctor.family": self.adapter.family})
-        self.accelerator.wait_for_everyone()
-        return path
+        return self._end()
 
     @torch.no_grad()
     def eval_loss(self, seed: int = 1234) -> float:
@@ -236,13 +184,8 @@ class SFTGeneratorTrainer:
         return float(np.mean(losses))
 
 
-def _run(args) -> int:
-    return run_command(args, SFTGeneratorConfig, SFTGeneratorTrainer)
-
-
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "sft-generator", help="supervised flow-matching LoRA fine-tuning on (prompt, image) pairs",
+    add_trainer_command(
+        subparsers, "sft-generator", "supervised flow-matching LoRA fine-tuning on (prompt, image) pairs",
+        SFTGeneratorConfig, SFTGeneratorTrainer,
         description="Fine-tune an SD3/FLUX LoRA on a folder of (prompt, image) pairs, e.g. best-of-N picks.")
-    add_config_arguments(parser)
-    parser.set_defaults(func=_run)

@@ -48,11 +48,11 @@ def add_lora(
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if len(missing) == len(targets):
         raise ValueError(
-            f"lora_targets {missing} match no module of {type(transformer).__name__}; "
+            f"lora_target_modules {missing} match no module of {type(transformer).__name__}; "
             f"use module-name suffixes such as {list(DEFAULT_TARGETS)}"
         )
     if missing:
-        warnings.warn(f"lora_targets {missing} match no module of {type(transformer).__name__}; skipped", stacklevel=2)
+        warnings.warn(f"lora_target_modules {missing} match no module of {type(transformer).__name__}; skipped", stacklevel=2)
         targets = [t for t in targets if t not in missing]
     transformer.requires_grad_(False)
     if seed is not None:
