@@ -92,7 +92,9 @@ class LazyExamples(Sequence):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> Example:
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [load_example(s, self.cfg, self.family) for s in self.samples[i]]
         return load_example(self.samples[i], self.cfg, self.family)
 
 
