@@ -74,7 +74,11 @@ def keep_visual_tokens(model, into: list, enabled: bool = True):
 
     def keep_visual(_module, _args, output):
         merged = getattr(output, "pooler_output", None)
-        into.append((merged if merged is not None else output).detach())
+        if merged is None:
+            # transformers 4.57 returns the merged tokens as a tensor (Qwen2.5-VL) or as the first
+            # item of (merged, deepstack features) (Qwen3-VL); 5.x returns an output with pooler_output
+            merged = output[0] if isinstance(output, (tuple, list)) else output
+        into.append(merged.detach())
 
     handle = _visual(model).register_forward_hook(keep_visual)
     try:

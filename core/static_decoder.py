@@ -29,6 +29,8 @@ cancellation every `CHECK_EVERY` steps, not every step (each read waits for the 
 
 from __future__ import annotations
 
+import inspect
+
 import logging
 import math
 import threading
@@ -146,12 +148,25 @@ def _rope_positions(model, inputs) -> torch.Tensor:
     """[3, B, L] M-RoPE positions of the prompt, as ``generate`` computes them (padding included)."""
     ids, mask = inputs["input_ids"], inputs.get("attention_mask")
     inner = model.model
-    types = inputs.get("mm_token_type_ids")
-    if types is None:
-        types = (ids == model.config.image_token_id).int()
-    pos, _deltas = inner.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=inputs.get("image_grid_thw"),
-                                        video_grid_thw=inputs.get("video_grid_thw"), attention_mask=mask)
+    extra = {}
+    if "mm_token_type_ids" in inspect.signature(inner.get_rope_index).parameters:  # transformers >= 5
+        types = inputs.get("mm_token_type_ids")
+        extra["mm_token_type_ids"] = types if types is not None else (ids == model.config.image_token_id).int()
+    pos, _deltas = inner.get_rope_index(ids, image_grid_thw=inputs.get("image_grid_thw"),
+                                        video_grid_thw=inputs.get("video_grid_thw"), attention_mask=mask, **extra)
     return pos
+
+
+def _cache_kwargs(module, cache, write_at: torch.Tensor | None = None) -> dict:
+    """The cache arguments of ``module.forward`` for this transformers version: 5.x takes ``cache`` (a
+    static cache counts its own writes); 4.57 takes ``past_key_values`` and writes at ``cache_position``."""
+    params = inspect.signature(module.forward).parameters
+    if "cache" in params:
+        return {"cache": cache}
+    out = {"past_key_values": cache}
+    if write_at is not None:
+        out["cache_position"] = write_at
+    return out
 
 
 def _next_pow2(n: int) -> int:
@@ -264,7 +279,7 @@ def _decode_step(model, b: _Bucket, plan: LogitsPlan, const: dict, eager_mask: b
     if eager_mask:
         mask = torch.where(b.mask, 0.0, torch.finfo(b.dtype).min).to(b.dtype)
     out = lm(inputs_embeds=lm.embed_tokens(b.cur[:, None]), position_ids=b.pos[:, :, None], attention_mask=mask,
-             cache=b.cache, use_cache=True)
+             use_cache=True, **_cache_kwargs(lm, b.cache, b.write.view(1)))
     hidden = out.last_hidden_state[:, -1]
     _select(b, plan, const, model.lm_head(hidden), hidden)
     b.write += 1
@@ -276,7 +291,8 @@ def _reset_steps(b: _Bucket) -> None:
     for buffer in (b.step, b.write, b.pos, b.done, b.mask, b.seen):
         buffer.zero_()
     for layer in b.cache.layers:
-        layer.cumulative_length.zero_()
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length.zero_()
 
 
 def _capture_graph(model, b: _Bucket, plan: LogitsPlan, const: dict, eager_mask: bool):
@@ -480,13 +496,14 @@ class StaticDecoder:
         visual: list[torch.Tensor] = []
         with keep_visual_tokens(model, visual, capture_visual):
             cache = DynamicCache(config=model.config)
-            out = model.model(input_ids=ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True,
-                              **prefill_kwargs)
+            out = model.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
+                              **_cache_kwargs(model.model, cache), **prefill_kwargs)
         hidden = out.last_hidden_state[:, -1]
         for layer, static in zip(cache.layers, b.cache.layers):
             static.keys[:batch, :, :prompt].copy_(layer.keys)
             static.values[:batch, :, :prompt].copy_(layer.values)
-            static.cumulative_length.fill_(prompt)
+            if hasattr(static, "cumulative_length"):  # transformers >= 5 counts; 4.57 writes at cache_position
+                static.cumulative_length.fill_(prompt)
         del cache, out
         b.mask.zero_()
         b.mask[:batch, 0, 0, :prompt] = attn.bool()
