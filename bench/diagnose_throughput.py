@@ -288,8 +288,10 @@ def main() -> None:
         result["process_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
     from imagedoctor.core.static_decoder import static_decoder_for
 
-    buckets = static_decoder_for(dg.model).buckets
-    result["static_buckets_mib"] = {f"{b}x{n}": round(bk.nbytes / 2**20, 1) for (b, n), bk in buckets.items()}
+    static = static_decoder_for(dg.model)
+    result["static_buckets_mib"] = {f"{b}x{n}": round(bk.nbytes / 2**20, 1) for (b, n), bk in static.buckets.items()}
+    if dev.type == "cuda":  # graphs that passed the self-check, and buckets that fell back to eager steps
+        result["static_cuda_graphs"] = {"used": static.captures, "fell_back": static.graph_fallbacks}
     if args.int8:
         del dg
         result["int8"] = int8_report(model_dir, args, images, prompts)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .diagnosis import Diagnosis
 from .formats import FORMATS, parse
-from .generation import DECODERS, DiagnosisCancelled, decode
+from .generation import DiagnosisCancelled, decode, resolve_decoder
 from .geometry import Frame
 from .prompts import IMAGEDOCTOR_IMAGE_AREA, assistant_prefill, build_messages, resize_for_model
 
@@ -521,7 +521,8 @@ class Diagnoser:
         ``min_new_tokens`` forces a minimum length (benchmarks). ``decoder``: "hf" (transformers'
         ``generate``), "static" (static KV cache, CUDA-graph decode steps on CUDA; same tokens) or
         "auto" (static on CUDA, the measured faster one on CPU; hf where static cannot reproduce the
-        generation settings). With "static", progress and cancellation come every few steps.
+        generation settings or has failed on this model; the environment variable IMAGEDOCTOR_DECODER
+        pins it). With "static", progress and cancellation come every few steps.
         """
         if self.model is None:
             raise RuntimeError("this Diagnoser was unloaded; load it again")
@@ -532,8 +533,7 @@ class Diagnoser:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {decoder!r}; use one of {list(DECODERS)}")
+        resolve_decoder(decoder)  # a bad name (argument or IMAGEDOCTOR_DECODER) fails before any work
         pil = to_pil_images(images)
         if isinstance(prompts, str):
             prompts = [prompts] * len(pil)

@@ -16,11 +16,16 @@ pass through either network.
 
 from __future__ import annotations
 
+import logging
+import os
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+logger = logging.getLogger("imagedoctor")
 
 
 class DiagnosisCancelled(RuntimeError):
@@ -69,7 +74,11 @@ def keep_visual_tokens(model, into: list, enabled: bool = True):
 
     def keep_visual(_module, _args, output):
         merged = getattr(output, "pooler_output", None)
-        into.append((merged if merged is not None else output).detach())
+        if merged is None:
+            # transformers 4.57 returns the merged tokens as a tensor (Qwen2.5-VL) or as the first
+            # item of (merged, deepstack features) (Qwen3-VL); 5.x returns an output with pooler_output
+            merged = output[0] if isinstance(output, (tuple, list)) else output
+        into.append(merged.detach())
 
     handle = _visual(model).register_forward_hook(keep_visual)
     try:
@@ -188,13 +197,62 @@ def static_preferred(model) -> bool:
 #: compute-bound (the tiny test model is the exception), while static pads batches to a power of two.
 STATIC_ON_CPU = False
 
+#: Environment variable that pins what ``decoder="auto"`` (the default) means, for callers that cannot
+#: pass arguments (ComfyUI): "hf", "static" (exactly as if passed: its errors raise) or "auto".
+DECODER_ENV = "IMAGEDOCTOR_DECODER"
+
+#: Models on which the static decoder raised under "auto": the reason; "auto" uses hf for them from then on.
+_STATIC_FAILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def resolve_decoder(decoder: str) -> str:
+    """``decoder`` with "auto" replaced by `DECODER_ENV` when that is set. Raises ValueError for unknown names."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; use one of {list(DECODERS)}")
+    pinned = os.environ.get(DECODER_ENV, "").strip()
+    if decoder != "auto" or not pinned:
+        return decoder
+    if pinned not in DECODERS:
+        raise ValueError(f"environment variable {DECODER_ENV}={pinned!r} is not a decoder; set it to one of "
+                         f"{list(DECODERS)} or unset it")
+    return pinned
+
+
+class _CallerErrors:
+    """Wraps the caller's callbacks and remembers what they raised (ComfyUI's interrupt, say), so that
+    their exceptions are never mistaken for a failure of the decoder."""
+
+    def __init__(self):
+        self.raised: list[BaseException] = []
+
+    def wrap(self, fn):
+        if fn is None:
+            return None
+
+        def call(*args):
+            try:
+                return fn(*args)
+            except BaseException as exc:
+                self.raised.append(exc)
+                raise
+
+        return call
+
+    def __contains__(self, exc) -> bool:
+        return any(exc is e for e in self.raised)
+
 
 def decode(model, inputs: dict, *, decoder: str = "auto", **kwargs) -> GenerationOutput:
     """Decode with ``decoder`` ("hf", "static", or "auto": static where it is faster and can
-    reproduce ``generate``'s settings, else hf). Same keyword arguments as `generate_batch`."""
-    if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; use one of {list(DECODERS)}")
-    if decoder == "hf" or (decoder == "auto" and not static_preferred(model)):
+    reproduce ``generate``'s settings, else hf; `DECODER_ENV` can pin it). Same keyword arguments
+    as `generate_batch`.
+
+    Under "auto", a static decoder that fails (anything but cancellation or an exception from the
+    caller's ``progress``/``should_cancel``) is logged once, this call is decoded again with hf, and
+    so are later calls on this model. An explicit "static" raises instead.
+    """
+    decoder = resolve_decoder(decoder)
+    if decoder == "hf" or (decoder == "auto" and (not static_preferred(model) or model in _STATIC_FAILED)):
         return generate_batch(model, inputs, **kwargs)
     from .static_decoder import StaticDecoderUnsupported, plan_for, static_decoder_for
 
@@ -207,4 +265,19 @@ def decode(model, inputs: dict, *, decoder: str = "auto", **kwargs) -> Generatio
             raise StaticDecoderUnsupported(f"decoder='static' cannot reproduce this generation: {exc}; "
                                            "use decoder='hf' (or 'auto')") from exc
         return generate_batch(model, inputs, **kwargs)
-    return static_decoder_for(model).generate(model, inputs, **kwargs)
+    if decoder == "static":
+        return static_decoder_for(model).generate(model, inputs, **kwargs)
+    caller = _CallerErrors()
+    hooks = {name: caller.wrap(kwargs.get(name)) for name in ("progress", "should_cancel")}
+    try:
+        return static_decoder_for(model).generate(model, inputs, **{**kwargs, **hooks})
+    except DiagnosisCancelled:
+        raise
+    except Exception as exc:
+        if exc in caller:
+            raise
+        _STATIC_FAILED[model] = f"{type(exc).__name__}: {exc}"
+        static_decoder_for(model).reset()  # its buffers are no use to hf; free them
+        logger.warning("static decoder failed (%s); decoding with hf from now on for this model (decoder='auto'). "
+                       "Please report this; decoder='static' raises the error instead.", _STATIC_FAILED[model])
+        return generate_batch(model, inputs, **kwargs)

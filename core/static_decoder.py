@@ -5,6 +5,7 @@ spends most of each step in Python (cache growth, mask building, logits processo
 launching kernels one by one; the GPU mostly waits. This decoder keeps everything a decode step
 touches in buffers whose shapes and addresses never change, so on CUDA one step is captured once
 as a CUDA graph and then replayed (one launch per token); on CPU the very same step runs eagerly.
+Each captured graph is checked once against eager steps (`replay_mismatch`) before it is used.
 
 What it keeps from ``generate`` (the contract, tested against it):
 - the prefill is transformers' own forward over the left-padded batch (SDPA or whatever attention
@@ -27,6 +28,8 @@ cancellation every `CHECK_EVERY` steps, not every step (each read waits for the 
 """
 
 from __future__ import annotations
+
+import inspect
 
 import logging
 import math
@@ -145,12 +148,25 @@ def _rope_positions(model, inputs) -> torch.Tensor:
     """[3, B, L] M-RoPE positions of the prompt, as ``generate`` computes them (padding included)."""
     ids, mask = inputs["input_ids"], inputs.get("attention_mask")
     inner = model.model
-    types = inputs.get("mm_token_type_ids")
-    if types is None:
-        types = (ids == model.config.image_token_id).int()
-    pos, _deltas = inner.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=inputs.get("image_grid_thw"),
-                                        video_grid_thw=inputs.get("video_grid_thw"), attention_mask=mask)
+    extra = {}
+    if "mm_token_type_ids" in inspect.signature(inner.get_rope_index).parameters:  # transformers >= 5
+        types = inputs.get("mm_token_type_ids")
+        extra["mm_token_type_ids"] = types if types is not None else (ids == model.config.image_token_id).int()
+    pos, _deltas = inner.get_rope_index(ids, image_grid_thw=inputs.get("image_grid_thw"),
+                                        video_grid_thw=inputs.get("video_grid_thw"), attention_mask=mask, **extra)
     return pos
+
+
+def _cache_kwargs(module, cache, write_at: torch.Tensor | None = None) -> dict:
+    """The cache arguments of ``module.forward`` for this transformers version: 5.x takes ``cache`` (a
+    static cache counts its own writes); 4.57 takes ``past_key_values`` and writes at ``cache_position``."""
+    params = inspect.signature(module.forward).parameters
+    if "cache" in params:
+        return {"cache": cache}
+    out = {"past_key_values": cache}
+    if write_at is not None:
+        out["cache_position"] = write_at
+    return out
 
 
 def _next_pow2(n: int) -> int:
@@ -263,11 +279,86 @@ def _decode_step(model, b: _Bucket, plan: LogitsPlan, const: dict, eager_mask: b
     if eager_mask:
         mask = torch.where(b.mask, 0.0, torch.finfo(b.dtype).min).to(b.dtype)
     out = lm(inputs_embeds=lm.embed_tokens(b.cur[:, None]), position_ids=b.pos[:, :, None], attention_mask=mask,
-             cache=b.cache, use_cache=True)
+             use_cache=True, **_cache_kwargs(lm, b.cache, b.write.view(1)))
     hidden = out.last_hidden_state[:, -1]
     _select(b, plan, const, model.lm_head(hidden), hidden)
     b.write += 1
     b.pos += 1
+
+
+def _reset_steps(b: _Bucket) -> None:
+    """Rewind the bucket to an empty cache: step, write slot, positions, ended rows, mask, seen tokens."""
+    for buffer in (b.step, b.write, b.pos, b.done, b.mask, b.seen):
+        buffer.zero_()
+    for layer in b.cache.layers:
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length.zero_()
+
+
+def _capture_graph(model, b: _Bucket, plan: LogitsPlan, const: dict, eager_mask: bool):
+    """One decode step of ``b`` captured as a ``torch.cuda.CUDAGraph`` (after two warm-up steps on a side stream)."""
+    _reset_steps(b)
+    stream = torch.cuda.Stream(device=b.device)
+    stream.wait_stream(torch.cuda.current_stream(b.device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # allocator, cuBLAS and kernel selection settle before capture
+            _decode_step(model, b, plan, const, eager_mask)
+    torch.cuda.current_stream(b.device).wait_stream(stream)
+    if b.pool is None:
+        b.pool = torch.cuda.graph_pool_handle()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=b.pool, capture_error_mode="thread_local"):
+        _decode_step(model, b, plan, const, eager_mask)
+    return graph
+
+
+#: relative L2 distance allowed between replayed and eager vectors (kernels may round differently).
+_RTOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def replay_mismatch(model, b: _Bucket, plan: LogitsPlan, const: dict, eager_mask: bool, replay: Callable[[], None],
+                    steps: int = 3) -> str | None:
+    """What differs between ``replay()`` (a captured decode step) and `_decode_step`, or None when nothing does.
+
+    Both run ``steps`` steps from an empty cache, fed the same tokens, their outputs cleared first.
+    Compared: the attention mask and, when greedy, the chosen tokens exactly (sampled ones use fresh
+    random numbers by design); the hidden states written into ``b.states`` and the keys and values
+    written into the cache within `_RTOL` (relative L2 per vector). Keys carry their RoPE position and
+    the mask the write slot, so a replay that reuses a position or slot baked in at capture differs
+    even where the hidden states barely do. It cannot see rounding differences between kernels.
+    Leaves the step buffers dirty: `StaticDecoder._generate` resets them all before each prefill.
+    """
+    rows = torch.arange(b.batch, device=b.device)
+    fed = [(rows * 31 + 17 * i + 1) % b.vocab for i in range(steps)]  # distinct per row and step
+
+    def run(step: Callable[[], None]) -> dict:
+        _reset_steps(b)
+        b.tokens[:, :steps] = -1
+        b.states[:, :steps] = float("nan")
+        for layer in b.cache.layers:  # zeros, not NaN: masked slots are read too (with weight 0)
+            layer.keys[:, :, :steps] = 0
+            layer.values[:, :, :steps] = 0
+        for token in fed:
+            b.cur.copy_(token)
+            step()
+        return {"hidden states": b.states[:, :steps].to(torch.float32, copy=True),
+                "cached keys": torch.stack([layer.keys[:, :, :steps].float() for layer in b.cache.layers]),
+                "cached values": torch.stack([layer.values[:, :, :steps].float() for layer in b.cache.layers]),
+                "attention mask": b.mask.clone(), "chosen tokens": b.tokens[:, :steps].clone()}
+
+    eager = run(lambda: _decode_step(model, b, plan, const, eager_mask))
+    replayed = run(replay)
+    rtol = _RTOL.get(b.dtype, 2e-2)
+    for name, want in eager.items():
+        got = replayed[name]
+        if not want.is_floating_point():
+            if (name != "chosen tokens" or not plan.do_sample) and not torch.equal(got, want):
+                return f"{name}: not equal"
+            continue
+        distance = (got - want).norm(dim=-1) / want.norm(dim=-1).clamp_min(1e-12)
+        if not bool((distance <= rtol).all()):  # NaN (nothing written) fails too
+            return f"{name}: relative distance {distance.max().item():.3g} > {rtol:g}"
+    return None
 
 
 def _fingerprint(model) -> tuple:
@@ -295,7 +386,8 @@ class StaticDecoder:
         self.max_buckets, self.check_every, self.use_graphs = max_buckets, check_every, use_graphs
         self.buckets: dict[tuple[int, int], _Bucket] = {}
         self.allocations = 0  # buckets created so far (tests: a second call must not allocate)
-        self.captures = 0  # CUDA graphs captured so far
+        self.captures = 0  # CUDA graphs captured (and checked) so far
+        self.graph_fallbacks = 0  # buckets decoding eagerly on CUDA: capture failed or its check rejected the graph
         self._fingerprint = None
         self._lock = threading.Lock()
 
@@ -327,32 +419,28 @@ class StaticDecoder:
         return b.device.type == "cuda" and (self.use_graphs is None or self.use_graphs)
 
     def _graph(self, model, b: _Bucket, plan: LogitsPlan, const: dict, eager_mask: bool):
-        """The bucket's decode step for ``plan`` as a CUDA graph, captured on first use (after two warm-up steps)."""
+        """The bucket's decode step for ``plan`` as a CUDA graph, captured and checked on first use; None
+        (eager steps) when capture fails or its replay does not compute what an eager step does."""
         if plan in b.graphs:
             return b.graphs[plan]
-        logger.info("static decoder: capturing the decode step for %d rows x %d tokens as a CUDA graph", b.batch, b.length)
-        for buffer in (b.step, b.write, b.pos, b.done, b.mask):
-            buffer.zero_()
-        for layer in b.cache.layers:
-            layer.cumulative_length.zero_()
-        stream = torch.cuda.Stream(device=b.device)
-        stream.wait_stream(torch.cuda.current_stream(b.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # allocator, cuBLAS and kernel selection settle before capture
-                _decode_step(model, b, plan, const, eager_mask)
-        torch.cuda.current_stream(b.device).wait_stream(stream)
-        if b.pool is None:
-            b.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=b.pool, capture_error_mode="thread_local"):
-                _decode_step(model, b, plan, const, eager_mask)
-        except RuntimeError as exc:  # an op that cannot be captured: same tokens, eager steps
-            logger.warning("static decoder: CUDA graph capture failed (%s); decoding this bucket without graphs", exc)
-            b.graphs[plan] = None
-            return None
+        where = f"{b.batch} rows x {b.length} tokens"
+        logger.info("static decoder: capturing the decode step for %s as a CUDA graph", where)
+        # Warm-up and check steps draw random numbers (sampling plans): not from the caller's seeded stream.
+        with torch.random.fork_rng(devices=[b.device] if b.device.type == "cuda" else []):
+            try:
+                graph = _capture_graph(model, b, plan, const, eager_mask)
+            except RuntimeError as exc:  # an op that cannot be captured: same tokens, eager steps
+                logger.warning("static decoder: CUDA graph capture failed for %s (%s); decoding this bucket "
+                               "without graphs", where, exc)
+                graph = None
+            mismatch = None if graph is None else replay_mismatch(model, b, plan, const, eager_mask, graph.replay)
+        if mismatch:
+            logger.warning("static decoder: the CUDA graph for %s does not replay what an eager decode step "
+                           "computes (%s); decoding this bucket without graphs", where, mismatch)
+            graph = None
         b.graphs[plan] = graph
-        self.captures += 1
+        self.captures += graph is not None
+        self.graph_fallbacks += graph is None
         return graph
 
     @torch.inference_mode()
@@ -408,13 +496,14 @@ class StaticDecoder:
         visual: list[torch.Tensor] = []
         with keep_visual_tokens(model, visual, capture_visual):
             cache = DynamicCache(config=model.config)
-            out = model.model(input_ids=ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True,
-                              **prefill_kwargs)
+            out = model.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
+                              **_cache_kwargs(model.model, cache), **prefill_kwargs)
         hidden = out.last_hidden_state[:, -1]
         for layer, static in zip(cache.layers, b.cache.layers):
             static.keys[:batch, :, :prompt].copy_(layer.keys)
             static.values[:batch, :, :prompt].copy_(layer.values)
-            static.cumulative_length.fill_(prompt)
+            if hasattr(static, "cumulative_length"):  # transformers >= 5 counts; 4.57 writes at cache_position
+                static.cumulative_length.fill_(prompt)
         del cache, out
         b.mask.zero_()
         b.mask[:batch, 0, 0, :prompt] = attn.bool()
