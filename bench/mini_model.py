@@ -36,12 +36,16 @@ def load_checkpoint_weights(dg, checkpoint: str | Path) -> None:
 
 
 def export(model: str, checkpoint: str, out: str) -> None:
-    """Write a model folder: ``model`` with the weights of the trainer ``checkpoint``."""
+    """Write a model folder: ``model`` with the weights of the trainer ``checkpoint``, readable by
+    transformers 4.57 and 5.x (`make_portable`)."""
     from imagedoctor.core.diagnoser import Diagnoser
+
+    from imagedoctor.core.mini import make_portable
 
     dg = Diagnoser.from_pretrained(model, dtype="fp32", device="cpu")
     load_checkpoint_weights(dg, checkpoint)
     dg.save_pretrained(out)
+    make_portable(out)  # loads on transformers 4.57 too (CI's second leg, many ComfyUI installs)
 
 
 def run(model: str, data: str, checkpoint: str | None = None, image_area: int | None = None, limit: int | None = None,

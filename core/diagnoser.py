@@ -45,6 +45,11 @@ HEAD_FILE = "model-heatmap-head.safetensors"
 #: Models shipped inside the package, by name. ``imagedoctor-mini`` is trained on synthetic shapes
 #: only (docs/mini-model.md): for trying the pack; real images need the published checkpoints.
 BUILTIN_MODELS = {"imagedoctor-mini": Path(__file__).resolve().parent / "weights" / "imagedoctor-mini"}
+#: What each built-in model is, in one line (demo page, ComfyUI loader).
+BUILTIN_DESCRIPTIONS = {
+    "imagedoctor-mini": "trained on synthetic shapes only, for trying the pack; real images need the published "
+                        "checkpoints GYX97/ImageDoctor or P1n3/sdg-detector-*",
+}
 
 
 @dataclass
@@ -201,13 +206,23 @@ def save_diagnoser(out_dir: str | Path, model, processor, head=None) -> Path:
     return out
 
 
+def _check_image_area(value, what: str) -> None:
+    """``image_area`` is "auto", None (images unchanged) or a positive pixel count."""
+    if value == "auto" or value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of pixels (e.g. 65536 for 256x256), None or 'auto'; "
+                         f"got {value!r}")
+
+
 class Diagnoser:
     """A loaded diagnosis model. Build with `from_pretrained`; call `diagnose`."""
 
     def __init__(self, model, processor, head=None, *, family: str, format: str, task_token_ids: dict[str, int | None],
-                 load_report: LoadReport | None = None, source: str = ""):
+                 load_report: LoadReport | None = None, source: str = "", image_area: int | None | str = "auto"):
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; use one of {list(FORMATS)}")
+        _check_image_area(image_area, "image_area")
         self.model = model
         self.processor = processor
         self.head = head
@@ -216,6 +231,9 @@ class Diagnoser:
         self.task_token_ids = task_token_ids
         self.load_report = load_report or LoadReport(family=family, has_head=head is not None)
         self.source = source
+        #: Image area (pixels) the checkpoint was trained at, from config.json's
+        #: ``imagedoctor_image_area``; "auto" = the format's default. `diagnose(image_area="auto")` uses it.
+        self.image_area = image_area
 
     # --- loading ----------------------------------------------------------------------
     @classmethod
@@ -270,6 +288,8 @@ class Diagnoser:
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = _torch_dtype(dtype, device)
         report = LoadReport(family=family)
+        image_area = getattr(config, "imagedoctor_image_area", "auto")
+        _check_image_area(image_area, f"{folder}: config.json key 'imagedoctor_image_area'")
         kwargs = dict(dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
@@ -333,7 +353,7 @@ class Diagnoser:
         for note in report.notes:
             logger.warning("%s: %s", folder, note)
         return cls(model, processor, head, family=family, format=format, task_token_ids=task_ids,
-                   load_report=report, source=str(path_or_id))
+                   load_report=report, source=str(path_or_id), image_area=image_area)
 
     @classmethod
     def _from_adapter(cls, folder: Path, base_model, **kwargs) -> "Diagnoser":
@@ -421,6 +441,8 @@ class Diagnoser:
         format = format or self.format
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; use one of {list(FORMATS)}")
+        if image_area == "auto":
+            image_area = self.image_area
         if image_area == "auto":
             image_area = IMAGEDOCTOR_IMAGE_AREA if format == "imagedoctor" else None
         pil = to_pil_images(images)

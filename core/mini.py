@@ -214,6 +214,40 @@ def build_mini_diagnoser(out_dir: str | Path, size: str | MiniSize = "mini", see
     return out
 
 
+def make_portable(folder: str | Path) -> Path:
+    """Rewrite a saved mini's config and tokenizer config so transformers 4.57 reads them as 5.x does.
+
+    transformers 5 saves the text RoPE as ``rope_parameters`` (theta inside) and the tokenizer as a
+    ``TokenizersBackend`` with a list of ``extra_special_tokens``; 4.57 reads ``rope_scaling`` plus
+    ``rope_theta`` (without them it fails on the multimodal RoPE) and a
+    ``PreTrainedTokenizerFast`` with ``additional_special_tokens``. Both keys are written, so both
+    versions load the same model (checked: same tokens, same generated text, heatmaps equal to
+    1e-7). Idempotent. Returns ``folder``.
+    """
+    import json
+
+    from .fileio import atomic_write
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    text = config.get("text_config", config)
+    rope = text.get("rope_parameters")
+    if rope is not None:
+        text["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        text["rope_theta"] = rope.get("rope_theta", text.get("rope_theta"))
+    atomic_write(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tok_path = folder / "tokenizer_config.json"
+    tok = json.loads(tok_path.read_text(encoding="utf-8"))
+    if tok.get("tokenizer_class") == "TokenizersBackend":
+        tok["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = tok.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del tok["extra_special_tokens"]
+        tok["additional_special_tokens"] = list(dict.fromkeys([*(tok.get("additional_special_tokens") or []), *extra]))
+    atomic_write(tok_path, json.dumps(tok, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
 # ----------------------------------------------------------------------------------------------
 # targets (issue 11)
 # ----------------------------------------------------------------------------------------------

@@ -93,3 +93,60 @@ def test_builtin_name_resolution_and_precedence(tmp_path, monkeypatch, tiny_mode
     monkeypatch.setitem(diagnoser.BUILTIN_MODELS, "imagedoctor-mini", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="missing from this installation"):
         diagnoser._resolve_folder("imagedoctor-mini", True)
+
+
+def test_image_area_auto_uses_the_checkpoints_config(tmp_path, tiny_model_dir):
+    """config.json's ``imagedoctor_image_area`` is the default resize; an explicit area still wins;
+    a bad value is refused at load time naming the key."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from imagedoctor.core.diagnoser import Diagnoser
+    from imagedoctor.core.prompts import IMAGEDOCTOR_IMAGE_AREA
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    img = Image.new("RGB", (512, 384), (200, 30, 30))
+    plain = Diagnoser.from_pretrained(folder, dtype="fp32", device="cpu")
+    assert plain.image_area == "auto"
+    _, [resized], _ = plain.build_inputs([img], ["a red square"])
+    assert abs(resized.width * resized.height - IMAGEDOCTOR_IMAGE_AREA) / IMAGEDOCTOR_IMAGE_AREA < 0.15
+
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "imagedoctor_image_area": 112 * 112}))
+    dg = Diagnoser.from_pretrained(folder, dtype="fp32", device="cpu")
+    assert dg.image_area == 112 * 112
+    _, [resized], _ = dg.build_inputs([img], ["a red square"])
+    assert abs(resized.width * resized.height - 112 * 112) / (112 * 112) < 0.15
+    _, [resized], _ = dg.build_inputs([img], ["a red square"], image_area=None)
+    assert resized.size == img.size
+
+    (folder / "config.json").write_text(json.dumps({**cfg, "imagedoctor_image_area": "big"}))
+    with pytest.raises(ValueError, match="imagedoctor_image_area"):
+        Diagnoser.from_pretrained(folder, dtype="fp32", device="cpu")
+
+
+def test_make_portable_keeps_the_model_as_transformers_reads_it(tmp_path):
+    """The rewritten config/tokenizer files give the same RoPE and the same token ids (here, on
+    the transformers that runs the tests; CI's second leg loads the shipped mini on 4.57)."""
+    import shutil
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from imagedoctor.core.diagnoser import BUILTIN_MODELS
+    from imagedoctor.core.mini import make_portable
+
+    src = BUILTIN_MODELS["imagedoctor-mini"]
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(src / name, tmp_path / name)
+    make_portable(tmp_path)
+    make_portable(tmp_path)  # idempotent
+    text = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>a red circle<|im_end|>\n<MIS><ART>"
+    a, b = AutoConfig.from_pretrained(src).text_config, AutoConfig.from_pretrained(tmp_path).text_config
+    assert a.rope_parameters == b.rope_parameters
+    assert b.rope_scaling["mrope_section"] == a.rope_parameters["mrope_section"]
+    ta, tb = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(tmp_path)
+    assert ta(text)["input_ids"] == tb(text)["input_ids"]
+    assert tb.pad_token == ta.pad_token and tb.eos_token == ta.eos_token
