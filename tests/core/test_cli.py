@@ -52,19 +52,23 @@ def test_tiny_model_and_demo(tmp_path):
     r = run("tiny-model", tmp_path / "m", "--family", "qwen3_vl", "--no-head")
     assert r.returncode == 0 and "UNTRAINED" in r.stdout
     assert (tmp_path / "m" / "config.json").is_file()
-    r = run("demo", "--out", tmp_path / "demo", "--max-new-tokens", "8")
+    r = run("demo", "--out", tmp_path / "demo")  # the README's first command: the shipped mini, offline
     assert r.returncode == 0, r.stderr
-    assert "UNTRAINED" in r.stdout
+    assert "synthetic shapes only" in r.stdout
     page = (tmp_path / "demo" / "index.html").read_text()
-    # the page itself says the model is untrained, in the line at the top
-    model_line = page.split("<p class='model warn'>", 1)[1].split("</p>", 1)[0]
-    assert "UNTRAINED" in model_line and "random" in model_line
-    assert page.count("<section") == 3 and page.count("<tr>") >= 4  # a section per image + the summary table
-    for i in range(3):
+    # the page itself says what the model is, in the line at the top
+    model_line = page.split("<p class='model'>", 1)[1].split("</p>", 1)[0]
+    assert model_line.startswith("Model: imagedoctor-mini") and "synthetic shapes only" in model_line
+    assert "GYX97/ImageDoctor" in model_line
+    assert page.count("<section") == 4 and page.count("<tr>") >= 5  # a section per image + the summary table
+    assert page.count("<p class='truth'>Ground truth") == 4
+    for i in range(4):
         d = Diagnosis.from_json((tmp_path / "demo" / f"sample{i}.json").read_text())
-        assert d.heatmaps["artifact"] is not None
-        for view in ("", "_boxes", "_misalignment_view", "_artifact_view"):
+        assert d.raw_text  # the mini generated text for every image (its quality: tests/core/test_mini_model.py)
+        for view in ("", "_boxes"):
             assert f"src='sample{i}{view}.png'" in page and (tmp_path / "demo" / f"sample{i}{view}.png").is_file()
+        for name in ("misalignment", "artifact"):  # a heatmap where the mini emitted its task token
+            assert (d.heatmaps.get(name) is not None) == (tmp_path / "demo" / f"sample{i}_{name}_view.png").is_file()
 
 
 # -- bad input: each fails early, with a message naming the thing and what to do ----------------

@@ -13,10 +13,36 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagedoctor.core.demo import DEMO_SCENES, describe_model, sample_image, write_demo_page
+from imagedoctor.core.demo import demo_samples, describe_model, ground_truth_line, write_demo_page
 from imagedoctor.core.diagnosis import Defect, Diagnosis
 
 MODEL_LINE = "Hand-made diagnoses (no model): a check of the demo page"
+DEMO_SCENES = [
+    ("a red circle left of a blue square", [("circle", (220, 40, 40), 0.28), ("square", (40, 70, 220), 0.70)]),
+    ("two yellow triangles on a green field", [("triangle", (240, 210, 40), 0.3), ("triangle", (240, 210, 40), 0.7)]),
+    ("a purple square above an orange circle", [("square", (140, 60, 190), 0.5), ("circle", (250, 140, 30), 0.5)]),
+]
+
+
+def sample_image(scene, size=(512, 384), seed=0):
+    """Shapes on a gradient: a non-square page image whose pixels the box/heat checks can predict."""
+    from PIL import ImageDraw
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    ys = np.linspace(0, 1, h)[:, None, None]
+    bg = (np.array([200, 225, 240]) * (1 - ys) + np.array([120, 170, 110]) * ys).repeat(w, axis=1)
+    img = Image.fromarray(np.clip(bg + rng.normal(0, 4, bg.shape), 0, 255).astype("uint8"), "RGB")
+    draw = ImageDraw.Draw(img)
+    for i, (shape, colour, cx) in enumerate(scene):
+        x, y, r = cx * w, (0.35 + 0.3 * (i % 2)) * h, min(w, h) * 0.16
+        if shape == "circle":
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+        elif shape == "square":
+            draw.rectangle([x - r, y - r, x + r, y + r], fill=colour)
+        else:
+            draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=colour)
+    return img
 
 
 def blob(w, h, cx, cy, r):
@@ -95,7 +121,8 @@ class Page(HTMLParser):
 def page_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo-page")
     images, diags = handmade()
-    write_demo_page(out, images, diags, MODEL_LINE, meta="3 images")
+    write_demo_page(out, images, diags, MODEL_LINE, meta="3 images",
+                    truths=["Ground truth: a <warped> edge.", "", "Ground truth: no defects (a clean image)."])
     return out
 
 
@@ -121,6 +148,8 @@ def test_page_shows_everything_of_every_diagnosis(page_dir):
     assert p.sections[1]["raw"] == "\ufffd\ufffd33\\x1b[0m" and "2 × &#xFFFD;" in text
     assert p.sections[2]["raw"] == "(empty)"
     assert "one box was clipped" in text
+    # ground truth, where given, under the heading (escaped); none for the second image
+    assert text.count("<p class='truth'>") == 2 and "Ground truth: a &lt;warped&gt; edge." in text
     d = Diagnosis.from_json((page_dir / "sample0.json").read_text())
     assert d.scores.overall == 0.64 and len(d.defects) == 2
 
@@ -147,7 +176,20 @@ def test_model_line_says_what_the_model_is(tmp_path):
     line, warn = describe_model(str(mini))
     assert not warn and line == "Model: imagedoctor-mini. Trained on synthetic shapes only, for trying the pack."
     assert describe_model("GYX97/ImageDoctor") == ("Model: GYX97/ImageDoctor", False)
+    line, warn = describe_model("imagedoctor-mini")  # the built-in: what it is and what to use instead
+    assert not warn and "synthetic shapes only" in line and "GYX97/ImageDoctor" in line and "sdg-detector" in line
     assert describe_model("x", untrained=True)[1]
+
+
+def test_demo_samples_cover_every_kind_with_a_seed_never_trained_on():
+    samples = demo_samples()
+    labels = [{d.label for d in s.diagnosis.defects} for s in samples]
+    assert labels == [set(), {"misalignment"}, {"artifact"}, {"misalignment", "artifact"}]
+    assert {s.meta["seed"] for s in samples} == {3000}  # mini: train 0, held-out 1000, validation 2000
+    assert all(s.prompt and s.load_image().size == (512, 512) for s in samples)
+    assert ground_truth_line(samples[0].diagnosis) == "Ground truth: no defects (a clean image)."
+    line = ground_truth_line(samples[3].diagnosis)
+    assert line.count("misalignment: ") + line.count("artifact: ") == len(samples[3].diagnosis.defects)
 
 
 CHECK_SCRIPT = """<script>
