@@ -18,6 +18,10 @@ DTYPES = ["auto", "bf16", "fp16", "fp32"]
 DEVICES = ["auto", "cpu"]
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")  # core.diagnoser.FAMILIES
 NO_MODEL = "(none: put a model folder in models/imagedoctor or use hf_id)"
+#: The diagnoser shipped inside the pack (core/weights/imagedoctor-mini; core.diagnoser.BUILTIN_MODELS),
+#: always listed, after the user's own models; its name says what it is.
+BUILTIN_MODEL = "imagedoctor-mini"
+BUILTIN_OPTION = "imagedoctor-mini (built-in: synthetic shapes only, for trying the pack)"
 
 
 def attention_options() -> list[str]:
@@ -27,8 +31,17 @@ def attention_options() -> list[str]:
     return opts
 
 
+def builtin_model_folder() -> str | None:
+    """The shipped mini's folder (computed here: importing core.diagnoser would import torch), or None
+    when an installation lacks it."""
+    pack = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.join(pack, "core", "weights", BUILTIN_MODEL)
+    return folder if os.path.isfile(os.path.join(folder, "config.json")) else None
+
+
 def model_options() -> list[str]:
-    return comfy_env.list_models() or [NO_MODEL]
+    """The user's models in models/imagedoctor, then the built-in mini (so a fresh install can run)."""
+    return comfy_env.list_models() + ([BUILTIN_OPTION] if builtin_model_folder() else []) or [NO_MODEL]
 
 
 class DiagnosisModel:
@@ -95,8 +108,13 @@ class DiagnosisModel:
 
 # ---------------------------------------------------------------------------------- checks
 def find_model_folder(model_name: str) -> str | None:
-    """The folder of ``model_name`` in models/imagedoctor (or an existing folder path), or None."""
+    """The folder of ``model_name`` in models/imagedoctor (or an existing folder path, or the built-in
+    mini: `BUILTIN_OPTION`, or its bare name when models/imagedoctor has no folder of that name), or None."""
+    if model_name == BUILTIN_OPTION:
+        return builtin_model_folder()
     path = comfy_env.resolve_model(model_name) if model_name else None
+    if path is None and model_name == BUILTIN_MODEL:
+        path = builtin_model_folder()
     if path is None and model_name and os.path.isfile(os.path.join(model_name, "config.json")):
         path = model_name
     return path
@@ -155,7 +173,10 @@ class LoadDiagnosisModel(io.ComfyNode):
             "node runs; the weights load on first use.",
             inputs=[
                 io.Combo.Input("model_name", options=model_options(), tooltip="Model folder inside "
-                               "models/imagedoctor (a saved diagnoser with config.json and *.safetensors)."),
+                               "models/imagedoctor (a saved diagnoser with config.json and *.safetensors). "
+                               f"{BUILTIN_MODEL} ships with the pack: trained on synthetic "
+                               "shapes only, for trying the pack; real images need the published checkpoints "
+                               "(GYX97/ImageDoctor, P1n3/sdg-detector-*)."),
                 io.String.Input("hf_id", default="", tooltip="Optional Hugging Face repo id; overrides model_name. "
                                 "Read from the local hub cache only, unless allow_download is on."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",

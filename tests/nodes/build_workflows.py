@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from comfy_core_nodes import is_widget, signatures  # noqa: E402
 
+from imagedoctor.nodes.models import BUILTIN_OPTION  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = json.loads((Path(__file__).parent / "node_sizes.json").read_text())
 TITLE = SIZES["title_height"]  # drawn above a node's pos
@@ -36,7 +38,9 @@ PANEL_MANY = 290  # Diagnose of a batch: one table row per image plus their defe
 PROMPT = "a red cube to the left of a blue ball on a wooden table, photo"
 NEGATIVE = "blurry, deformed, extra limbs, watermark"
 CKPT = "v1-5-pruned-emaonly.safetensors"
-MODEL = "ImageDoctor"  # a folder in models/imagedoctor
+# The mini shipped with the pack, so a fresh install can press Queue; real images need a published
+# checkpoint picked in the loader.
+MODEL = BUILTIN_OPTION
 
 LOADER = ("ImageDoctorLoadDiagnosisModel", {"model_name": MODEL, "hf_id": "", "dtype": "auto", "attention": "sdpa",
                                             "device": "auto", "keep_loaded": True, "allow_download": False})

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,6 +225,27 @@ def test_loader_lists_and_loads_lazily(loaded, tiny_model_dir):
     assert cls.VALIDATE_INPUTS(model_name=tiny_model_dir.name) is True
     assert "no model folder 'nope'" in cls.VALIDATE_INPUTS(model_name="nope")
     assert cls.VALIDATE_INPUTS(model_name="nope", hf_id="org/model") is True  # checked when it runs
+
+
+def test_loader_offers_the_builtin_mini(comfy, tiny_model_dir):
+    """With models/imagedoctor empty the only option is the shipped mini, named for what it is; it
+    stays listed (last) beside the user's models and loads through Diagnoser.from_pretrained."""
+    from imagedoctor.core.diagnoser import BUILTIN_MODELS
+    from imagedoctor.nodes.models import BUILTIN_OPTION, builtin_model_folder
+
+    assert Path(builtin_model_folder()).resolve() == BUILTIN_MODELS["imagedoctor-mini"].resolve()
+    assert "synthetic shapes only" in BUILTIN_OPTION
+    cls = node("LoadDiagnosisModel")
+    assert cls.INPUT_TYPES()["required"]["model_name"][0] == [BUILTIN_OPTION]
+    assert cls.VALIDATE_INPUTS(model_name=BUILTIN_OPTION) is True
+    (dm,), _ = call_v1(cls, model_name=BUILTIN_OPTION, dtype="fp32", device="cpu", keep_loaded=False)
+    assert Path(dm.source).resolve() == BUILTIN_MODELS["imagedoctor-mini"].resolve() and not dm.loaded
+    with dm.session() as dg:
+        assert dg.head is not None and dg.image_area == dg.model.config.imagedoctor_image_area
+    assert not dm.loaded
+    comfy.folder_paths.add_model_folder_path("imagedoctor", str(tiny_model_dir.parent))
+    options = cls.INPUT_TYPES()["required"]["model_name"][0]
+    assert tiny_model_dir.name in options and options[-1] == BUILTIN_OPTION
 
 
 def test_loader_checks_the_folder_when_it_runs(loaded, tmp_path):
