@@ -32,7 +32,7 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        max-width: 1600px; color: #1d1d1f; background: #fff; }
 h1 { font-size: 24px; margin: 4px 0; }
 h2 { font-size: 18px; margin: 26px 0 6px; padding-top: 10px; border-top: 1px solid #ddd; overflow-wrap: anywhere; }
-.model { margin: 4px 0 10px; padding: 6px 10px; border-radius: 4px; background: #eef3fb; overflow-wrap: anywhere; }
+.model { margin: 4px 0 10px; padding: 6px 10px; font-size: 14px; border-radius: 4px; background: #eef3fb; overflow-wrap: anywhere; }
 .model.warn { background: #fff3cd; border: 1px solid #e0b100; }
 .meta { color: #555; margin: 2px 0 12px; }
 table { border-collapse: collapse; width: 100%; table-layout: auto; }
@@ -127,7 +127,7 @@ def describe_model(model: str, diagnoser=None, untrained: bool = False) -> tuple
         if n:
             facts.append(f"{_count(n)} params")
         facts.append("heatmap head" if getattr(diagnoser, "head", None) is not None else "no heatmap head")
-    facts = ", ".join(f for f in facts if f)
+    facts = ", ".join(f for f in facts if f) if not builtin else ""  # one line at 1280 px: what it is first
     name = Path(model).name if Path(model).is_dir() else model
     if untrained:
         return (f"Model: {name}" + (f" ({facts})" if facts else "")
