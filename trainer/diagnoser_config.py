@@ -17,6 +17,7 @@ FINETUNING = ("lora", "full")
 PRECISIONS = ("no", "fp16", "bf16")
 LOSS_TYPES = ("token", "sequence")
 REWARD_NAMES = ("score", "heatmap", "grounding", "sdg", "format")
+REWARD_VARIANTS = ("ours", "upstream")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -196,6 +197,11 @@ class GRPOConfig(DiagnoserTrainConfig):
     embedding_model: str | None = field(default=None, metadata={"help": "sentence-transformers model for the SDG "
                                                                           "description reward (null = R_desc off)."})
     scale_rewards: bool = field(default=True, metadata={"help": "Divide group-centred rewards by the group std."})
+    reward_variant: str = field(default="ours", metadata={"help": "Definitions of the score/heatmap/grounding/sdg "
+                                                                   "rewards: 'ours' (bounded means over parsed boxes; "
+                                                                   "docs/fidelity.md gives the reasons) or 'upstream' (the "
+                                                                   "authors' exact definitions on the raw completion, as "
+                                                                   "the published checkpoints were trained)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -214,6 +220,8 @@ class GRPOConfig(DiagnoserTrainConfig):
             _fail("beta", "the KL reference is the model with its LoRA disabled; use finetuning: lora or set beta: 0")
         if not 0 < self.epsilon < 1:
             _fail("epsilon", f"must be in (0, 1), got {self.epsilon}")
+        if self.reward_variant not in REWARD_VARIANTS:
+            _fail("reward_variant", f"must be one of {list(REWARD_VARIANTS)}, got {self.reward_variant!r}")
         if self.loss_type not in LOSS_TYPES:
             _fail("loss_type", f"must be one of {list(LOSS_TYPES)}, got {self.loss_type!r}")
         if not isinstance(self.rewards, dict) or not self.rewards:
