@@ -194,8 +194,10 @@ class GRPOConfig(DiagnoserTrainConfig):
                                                                "(DAPO); 'sequence': mean per completion, then mean."})
     rewards: dict[str, float] = field(default_factory=lambda: {"score": 1.0, "heatmap": 1.0, "grounding": 1.0},
                                       metadata={"help": f"Reward name -> weight; names: {list(REWARD_NAMES)}."})
-    embedding_model: str | None = field(default=None, metadata={"help": "sentence-transformers model for the SDG "
-                                                                          "description reward (null = R_desc off)."})
+    embedding_model: str | None = field(default=None, metadata={"help": "Text encoder of the SDG description reward: "
+                                                                          "a sentence-transformers model (reward_variant "
+                                                                          "ours) or a transformers model mean-pooled as "
+                                                                          "the authors do (upstream); null = R_desc off."})
     scale_rewards: bool = field(default=True, metadata={"help": "Divide group-centred rewards by the group std."})
     reward_variant: str = field(default="ours", metadata={"help": "Definitions of the score/heatmap/grounding/sdg "
                                                                    "rewards: 'ours' (bounded means over parsed boxes; "

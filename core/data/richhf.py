@@ -1,6 +1,6 @@
 """RichHF-18K reader: the published TFRecords (no TensorFlow) joined to Pick-a-Pic images.
 
-Each ``tf.train.Example`` has (REFERENCE.md section 4):
+Each ``tf.train.Example`` has (google-research-datasets/richhf-18k):
 
 - ``filename`` (bytes): the Pick-a-Pic v1 image file name;
 - ``aesthetics_score``, ``artifact_score``, ``misalignment_score``, ``overall_score`` (float);

@@ -1,4 +1,4 @@
-"""Hand-made cases for the diagnoser GRPO rewards (REFERENCE.md §1 and §2 conventions)."""
+"""Hand-made cases for our diagnoser GRPO rewards (variant "ours"; the upstream variant has its own file)."""
 
 from __future__ import annotations
 
