@@ -45,12 +45,11 @@ CHAT_TEMPLATE = (
 
 def _corpus(seed: int) -> list[str]:
     """Text the tiny BPE is trained on: the prompts and both output formats."""
-    from .prompts import (IMAGEDOCTOR_FAST_PROMPT, IMAGEDOCTOR_GRPO_WRAPPER, IMAGEDOCTOR_PROMPT, SDG_PROMPT,
-                          SDG_THINKPE_IMP_PROMPT)
+    from .prompts import IMAGEDOCTOR_FAST_PROMPT, IMAGEDOCTOR_PROMPT, SDG_PROMPT
 
     rng = random.Random(seed)
     words = "red green blue yellow circle square triangle left right above below two three one a the of".split()
-    lines = [IMAGEDOCTOR_PROMPT, IMAGEDOCTOR_FAST_PROMPT, IMAGEDOCTOR_GRPO_WRAPPER, SDG_PROMPT, SDG_THINKPE_IMP_PROMPT]
+    lines = [IMAGEDOCTOR_PROMPT, IMAGEDOCTOR_FAST_PROMPT, SDG_PROMPT]
     for _ in range(200):
         lines.append(" ".join(rng.choice(words) for _ in range(8)))
         lines.append(
