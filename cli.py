@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": ".core.demo",
     "synth": ".core.synth",
     "eval": ".core.evaluate",
+    "diagnose-dataset": ".core.scale.cli",
 }
 
 

@@ -103,9 +103,9 @@ def main(argv=None) -> int:
 
     from imagedoctor.core.synth import generate
     from imagedoctor.core.tiny import build_tiny_diagnoser
-    from imagedoctor.trainer.diagnoser_config import GRPOConfig, SFTConfig
-    from imagedoctor.trainer.grpo import GRPOTrainer
-    from imagedoctor.trainer.sft import SFTTrainer, collate, to_device
+    from imagedoctor.trainer.diagnoser.config import GRPOConfig, SFTConfig
+    from imagedoctor.trainer.diagnoser.grpo import GRPOTrainer
+    from imagedoctor.trainer.diagnoser.sft import SFTTrainer, collate, to_device
 
     tmp = Path(tempfile.mkdtemp(prefix="diag-bench-"))
     model = args.model or str(build_3b(tmp / "model") if args.arch == "3b" else build_tiny_diagnoser(tmp / "model"))

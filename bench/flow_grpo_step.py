@@ -55,8 +55,8 @@ def run_variant(args, name: str) -> dict:
     """Time ``args.iterations`` iterations of one variant (after one warm-up) in this process."""
     import torch
 
-    from imagedoctor.trainer.flow_grpo_trainer import FlowGRPOTrainer
-    from imagedoctor.trainer.generator_config import FlowGRPOConfig
+    from imagedoctor.trainer.generator.flow_grpo import FlowGRPOTrainer
+    from imagedoctor.trainer.generator.config import FlowGRPOConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,13 +65,13 @@ def run_variant(args, name: str) -> dict:
         prompts = Path(tmp) / "prompts.txt"
         prompts.write_text("\n".join(PROMPTS))
         cfg = FlowGRPOConfig(
-            pretrained_model=args.model, prompts_file=str(prompts), resolution=args.resolution,
-            max_sequence_length=args.max_sequence_length, num_iterations=max(1, args.learn_iterations),
-            batch_size=args.batch_size, group_size=args.group_size, sample_batch_size=args.sample_batch_size,
+            model=args.model, prompts_file=str(prompts), resolution=args.resolution,
+            max_sequence_length=args.max_sequence_length, max_steps=max(1, args.learn_iterations),
+            batch_size=args.batch_size, num_generations=args.group_size, sample_batch_size=args.sample_batch_size,
             micro_batch_size=args.micro_batch_size, num_steps=args.num_steps, sde_window_size=window,
-            guidance_scale=guidance, lora_rank=args.lora_rank, lora_alpha=args.lora_rank, learning_rate=args.lr,
+            guidance_scale=guidance, lora_r=args.lora_rank, lora_alpha=args.lora_rank, learning_rate=args.lr,
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-            output_dir=str(Path(tmp) / "out"), logging="none", progress_bar=False, reward="python:bench:brightness",
+            output_dir=str(Path(tmp) / "out"), report_to="none", progress_bar=False, reward="python:bench:brightness",
         )
         trainer = FlowGRPOTrainer(cfg, reward_fn=brightness)
         device = str(trainer.device)
@@ -86,7 +86,7 @@ def run_variant(args, name: str) -> dict:
             seeds = list(range(1000, 1000 + len(HELD_OUT_PROMPTS)))
             before = trainer.evaluate(HELD_OUT_PROMPTS, seeds)
             start = time.perf_counter()
-            history = trainer.train()
+            history = trainer.train()["history"]
             train_s = time.perf_counter() - start
             after = trainer.evaluate(HELD_OUT_PROMPTS, seeds)
             result.update(learn_iterations=args.learn_iterations, reward_before=before, reward_after=after,
@@ -121,7 +121,7 @@ def sd35_medium_random(args) -> dict:
     import torch
     from diffusers import SD3Transformer2DModel
 
-    from imagedoctor.trainer.lora_export import add_lora
+    from imagedoctor.trainer.generator.lora_export import add_lora
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         return 0
     tmp = None
     if args.model is None:
-        from imagedoctor.trainer.tiny_pipelines import build_tiny_pipeline
+        from imagedoctor.trainer.generator.tiny_pipelines import build_tiny_pipeline
 
         tmp = tempfile.TemporaryDirectory()
         args.model = str(build_tiny_pipeline(Path(tmp.name) / args.family, family=args.family, seed=0))

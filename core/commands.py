@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
+from .fileio import atomic_write
 from .formats import FORMATS
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
+def check_output_dir(path: str | Path) -> Path:
+    """Make sure ``path`` is (or can be created as) a writable folder, before any work is done."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} is a file, not a folder: give a folder for the outputs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".imagedoctor-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"--out {str(out)!r} is not a writable folder ({exc.strerror or exc})") from exc
+    return out
 
 
 def save_png(image, path: Path) -> None:
@@ -45,17 +52,36 @@ def write_outputs(out_dir: Path, stem: str, image, diagnosis) -> dict[str, str]:
     return files
 
 
-def _load_image(path: str):
+def load_image(path: str | Path):
+    """An image file as 8-bit RGB (16-bit and float images scaled, see `images.to_rgb`); every
+    failure is a ValueError/FileNotFoundError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
+    from .images import to_rgb
+
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a folder, not an image: give the image files (e.g. {p}/*.png)")
     if not p.is_file():
-        raise FileNotFoundError(f"image {path!r} does not exist")
+        raise FileNotFoundError(f"image {str(path)!r} does not exist")
     try:
         with Image.open(p) as im:
-            return im.convert("RGB")
+            return to_rgb(im, str(path))
     except UnidentifiedImageError as exc:
-        raise ValueError(f"{path!r} is not an image PIL can read") from exc
+        raise ValueError(f"{str(path)!r} is not an image PIL can read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or damaged data, found while decoding
+        raise ValueError(f"{str(path)!r} could not be decoded (truncated or damaged file?): {exc}") from exc
+
+
+def _read_text(file: str) -> str:
+    """The text of FILE (or of standard input for ``-``), which must be UTF-8."""
+    where = "standard input" if file == "-" else repr(file)
+    raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+                         "give the model's raw text output") from None
 
 
 def cmd_diagnose(args) -> int:
@@ -63,7 +89,8 @@ def cmd_diagnose(args) -> int:
 
     from .diagnoser import Diagnoser
 
-    images = [_load_image(p) for p in args.images]
+    out = check_output_dir(args.out)  # before the model loads and generates
+    images = [load_image(p) for p in args.images]
     stems = [Path(p).stem for p in args.images]
     if len(set(stems)) != len(stems):
         raise ValueError("two input images share a file name stem; their outputs would overwrite each other")
@@ -79,7 +106,6 @@ def cmd_diagnose(args) -> int:
     diags = dg.diagnose(images, args.prompt, format=args.format, max_new_tokens=args.max_new_tokens,
                         batch_size=args.batch_size, seed=args.seed, think=not args.no_think, progress=progress)
     bar.close()
-    out = Path(args.out)
     for stem, img, d in zip(stems, images, diags):
         files = write_outputs(out, stem, img, d)
         s = d.scores
@@ -92,7 +118,7 @@ def cmd_diagnose(args) -> int:
 def cmd_parse(args) -> int:
     from .formats import DiagnosisParseError, parse
 
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    text = _read_text(args.file)
     try:
         d = parse(text, args.format, args.width, args.height, strict=args.strict, prompt=args.prompt)
     except DiagnosisParseError as exc:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .diagnosis import Diagnosis
 from .formats import FORMATS, parse
-from .generation import DiagnosisCancelled, generate_batch
+from .generation import DiagnosisCancelled, decode, resolve_decoder
 from .geometry import Frame
 from .prompts import ImagePolicy, PromptVariant, build_messages, get_variant, resolve_variant
 
@@ -57,9 +57,12 @@ class LoadReport:
 
 # --- input conversion ----------------------------------------------------------------------
 def to_pil_images(images: Any) -> list:
-    """Accept PIL images, HWC numpy arrays (uint8 or float 0-1), or a torch [B,H,W,C] / [H,W,C] tensor
-    in 0-1 (ComfyUI IMAGE). Grayscale and RGBA become RGB. Anything else raises ValueError."""
+    """Accept PIL images (any mode: 16-bit and float scaled, see `images.to_rgb`), HWC numpy arrays
+    (uint8, uint16 or float 0-1), or a torch [B,H,W,C] / [H,W,C] tensor in 0-1 (ComfyUI IMAGE).
+    Grayscale and RGBA become RGB. Anything else raises ValueError."""
     from PIL import Image
+
+    from .images import array_to_rgb, to_rgb
 
     if images is None:
         raise ValueError("no images given")
@@ -77,23 +80,9 @@ def to_pil_images(images: Any) -> list:
         if isinstance(img, Image.Image):
             if img.width <= 0 or img.height <= 0:
                 raise ValueError(f"image {i} is empty ({img.width}x{img.height})")
-            out.append(img.convert("RGB") if img.mode != "RGB" else img)
+            out.append(to_rgb(img, f"image {i}"))
             continue
-        arr = np.asarray(img)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise ValueError(f"image {i} must be HxWxC with C in 1/3/4, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = arr.astype(np.float32)
-            if not np.isfinite(arr).all():
-                raise ValueError(f"image {i} contains NaN or infinite values")
-            arr = np.round(np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8)
-        if arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        elif arr.shape[2] == 4:
-            arr = arr[:, :, :3]
-        out.append(Image.fromarray(np.ascontiguousarray(arr), "RGB"))
+        out.append(array_to_rgb(img, f"image {i}"))
     if not out:
         raise ValueError("no images given (empty batch)")
     return out
@@ -261,23 +250,34 @@ class Diagnoser:
         trust_remote_code: bool = False,
         format: str | None = None,
         base_model: str | os.PathLike | None = None,
+        quantization: str | None = None,
     ) -> "Diagnoser":
         """Load from a local folder or a hub id (hub cache only unless ``local_files_only=False``).
 
         Safetensors only. A checkpoint without heatmap head still gives scores and boxes. A peft
         LoRA adapter folder (``adapter_config.json``) loads its base (``base_model`` or the adapter's
         ``base_model_name_or_path``) and merges the adapter; head tensors beside it replace the base's.
+        ``quantization="int8"`` stores the text decoder's Linear weights as int8 (torchao weight-only;
+        CPU and CUDA; see `quantize.quantize_text_decoder`).
         """
         import torch
         import transformers
         from transformers import AutoConfig, AutoProcessor
 
         from .heatmap_head import HeatmapHead, HeatmapHeadConfig
+        from .quantize import QUANTIZATIONS, quantize_text_decoder
+
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, got {quantization!r}")
 
         folder = _resolve_folder(path_or_id, local_files_only)
         if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-            return cls._from_adapter(folder, base_model, dtype=dtype, device=device, attn_implementation=attn_implementation,
-                                     local_files_only=local_files_only, trust_remote_code=trust_remote_code, format=format)
+            dg = cls._from_adapter(folder, base_model, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                                   local_files_only=local_files_only, trust_remote_code=trust_remote_code, format=format)
+            if quantization:  # after the merge: LoRA cannot merge into int8 weights
+                quantize_text_decoder(dg.model, quantization)
+                dg.load_report.notes.append(f"text decoder weights quantized ({quantization})")
+            return dg
         if not any(folder.glob("*.safetensors")):
             raise FileNotFoundError(f"{folder} has no .safetensors weights (pickled .bin checkpoints are refused)")
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -308,6 +308,9 @@ class Diagnoser:
         finally:
             tf_logger.setLevel(level)
         model.to(device).eval()
+        if quantization:
+            quantize_text_decoder(model, quantization)
+            report.notes.append(f"text decoder weights quantized ({quantization})")
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
         tok = processor.tokenizer
 
@@ -543,6 +546,7 @@ class Diagnoser:
         progress: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
         variant: str | PromptVariant | None = None,
+        decoder: str = "auto",
     ) -> list[Diagnosis]:
         """Diagnose N images in batches of ``batch_size`` (one generate call + one head pass each).
 
@@ -553,6 +557,11 @@ class Diagnoser:
         and raises `DiagnosisCancelled` when it returns True. Greedy unless ``do_sample``.
         ``min_new_tokens`` forces a minimum length (benchmarks). ``variant`` names a prompt variant
         (`imagedoctor.core.prompts.PROMPT_VARIANTS`; default: the checkpoint's, see `prompt_variant_for`).
+        ``decoder``: "hf" (transformers'
+        ``generate``), "static" (static KV cache, CUDA-graph decode steps on CUDA; same tokens) or
+        "auto" (static on CUDA, the measured faster one on CPU; hf where static cannot reproduce the
+        generation settings or has failed on this model; the environment variable IMAGEDOCTOR_DECODER
+        pins it). With "static", progress and cancellation come every few steps.
         """
         if self.model is None:
             raise RuntimeError("this Diagnoser was unloaded; load it again")
@@ -563,6 +572,7 @@ class Diagnoser:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        resolve_decoder(decoder)  # a bad name (argument or IMAGEDOCTOR_DECODER) fails before any work
         pil = to_pil_images(images)
         if isinstance(prompts, str):
             prompts = [prompts] * len(pil)
@@ -587,8 +597,8 @@ class Diagnoser:
             inputs = inputs.to(self.model.device)
             base = b * max_new_tokens
             step_cb = (lambda s, base=base: progress(base + s, total)) if progress else None
-            out = generate_batch(
-                self.model, inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+            out = decode(
+                self.model, inputs, decoder=decoder, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                 suppress_token_ids=self.vision_token_ids, eos_token_ids=eos_ids, pad_token_id=tok.pad_token_id,
                 do_sample=do_sample, temperature=temperature, top_p=top_p,
                 seed=None if seed is None else seed + b, capture_states=want_maps, capture_visual=want_maps,
@@ -607,6 +617,65 @@ class Diagnoser:
             if progress:
                 progress(base + max_new_tokens, total)
         return results
+
+    def best_of_n(
+        self,
+        images: Any,
+        prompt: str | Sequence[str],
+        top_k: int = 4,
+        criterion: str = "overall",
+        weights: dict[str, float] | None = None,
+        penalty: float | None = None,
+        fast_max_new_tokens: int = 256,
+        max_new_tokens: int = 1024,
+        heatmaps: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        **diagnose_kwargs,
+    ):
+        """Two-stage best-of-N: rank all images by ImageDoctor's score-only answer, diagnose the top K fully.
+
+        Stage 1 runs `diagnose` with ``think=False`` (the fast prompt with the pre-filled empty
+        ``<think>``: scores in a few dozen tokens, no heatmaps) on every image and ranks them with
+        `select.best_of_n` (``criterion``, ``weights``, ``penalty`` as there). Stage 2 runs the full
+        diagnosis on the first ``top_k`` of that order. Returns `select.BestOfN` (``order``, ``fast``,
+        ``full``). Images whose fast answer has no score rank last (by index) and are fully diagnosed
+        only when fewer than ``top_k`` images were scored. A format without a score-only prompt
+        ("sdg") has one stage: every image gets the full diagnosis, ranked the same way, and ``full``
+        holds the top K of them. ``heatmaps`` applies to the full diagnoses (the fast ones never have
+        heatmaps). Other keyword arguments go to both `diagnose` calls.
+        """
+        from .select import DEFAULT_PENALTY, BestOfN, best_of_n
+
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if "think" in diagnose_kwargs:
+            raise ValueError("best_of_n sets 'think' itself (fast pass without, full pass with); do not pass it")
+        pil = to_pil_images(images)
+        prompts = [prompt] * len(pil) if isinstance(prompt, str) else list(prompt)
+        fmt = diagnose_kwargs.get("format") or self.format
+        two_stage = fmt == "imagedoctor"
+        k = min(int(top_k), len(pil))
+        batch_size = diagnose_kwargs.get("batch_size", 8)
+        stage1 = -(-len(pil) // batch_size) * (fast_max_new_tokens if two_stage else max_new_tokens)
+        total = stage1 + (-(-k // batch_size) * max_new_tokens if two_stage else 0)
+        report = (lambda offset: (lambda done, _t: progress(offset + done, total))) if progress else (lambda offset: None)
+        fast_kwargs = dict(diagnose_kwargs)
+        if two_stage and "min_new_tokens" in fast_kwargs:  # a benchmark's forced length cannot exceed the fast budget
+            fast_kwargs["min_new_tokens"] = min(fast_kwargs["min_new_tokens"], fast_max_new_tokens)
+        fast = self.diagnose(pil, prompts, think=not two_stage, heatmaps=heatmaps and not two_stage,
+                             max_new_tokens=fast_max_new_tokens if two_stage else max_new_tokens,
+                             progress=report(0), should_cancel=should_cancel, **fast_kwargs)
+        ranking = best_of_n(fast, criterion, weights, DEFAULT_PENALTY if penalty is None else penalty, top_k=k)
+        top = ranking.top_k
+        if two_stage:
+            full_list = self.diagnose([pil[i] for i in top], [prompts[i] for i in top], max_new_tokens=max_new_tokens,
+                                      heatmaps=heatmaps, progress=report(stage1), should_cancel=should_cancel,
+                                      **diagnose_kwargs)
+            full = dict(zip(top, full_list))
+        else:
+            full = {i: fast[i] for i in top}
+        return BestOfN(order=ranking.order, fast=fast, full=full, ranking=ranking)
 
     def attach_heatmaps(self, diags: list[Diagnosis], out, grid_thw, sizes, fallback: bool = True) -> None:
         """Decode each diagnosis' heatmaps from the states that predicted its task tokens (in place).

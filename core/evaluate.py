@@ -52,16 +52,23 @@ def detect_format(path: str | Path) -> str:
         return "project"
     elif path.suffix == ".jsonl":
         return "sdg"
+    elif path.is_file():
+        from .data.tfrecord import sniff_tfrecord
+
+        if sniff_tfrecord(path) in ("none", "gzip", "zlib", "lfs-pointer"):
+            return "richhf"  # a TFRecord (or its LFS pointer) under another name
     raise ValueError(f"cannot tell the format of {path}; pass --format project|richhf|sdg")
 
 
 def load_ground_truth(path: str | Path, format: str = "auto", images: str | Path | None = None,
-                      prompts: Any = None, strict: bool = False,
-                      limit: int | None = None) -> tuple[list[str], list[Diagnosis], dict[str, Any]]:
+                      prompts: Any = None, strict: bool = False, limit: int | None = None,
+                      score_range: tuple[float, float] | None = None,
+                      ) -> tuple[list[str], list[Diagnosis], dict[str, Any]]:
     """Ground truth as ``(ids, diagnoses, info)``; ``info`` has the format and reader report.
 
     Heatmaps are loaded (float arrays). RichHF maps stay at the file's resolution unless
-    ``images`` is given (then they are resized to each image's size).
+    ``images`` is given (then they are resized to each image's size); RichHF needs no prompts
+    here, and its scores are read on ``score_range`` (default (0, 1)).
     """
     from .data import load_project_dataset, read_richhf, read_sdg30k, richhf_to_samples
     from .data.project import LoadReport
@@ -78,7 +85,8 @@ def load_ground_truth(path: str | Path, format: str = "auto", images: str | Path
         samples = list(ds)
         report = ds.report
     elif fmt == "richhf":
-        samples = richhf_to_samples(read_richhf(path, images, prompts, strict=strict, report=report))
+        samples = richhf_to_samples(read_richhf(path, images, prompts, strict=strict, report=report,
+                                                score_range=score_range or (0.0, 1.0)))
     else:
         samples = read_sdg30k(path, images, strict=strict, report=report, default_size=(1000, 1000))
     ids, diags, sources = [], [], set()
@@ -295,12 +303,14 @@ def _progress_bar(total: int, enabled: bool):
 def run_model(model: str | Path, data: str | Path, format: str = "auto", batch_size: int = 8,
               max_new_tokens: int = 1024, device: str | None = None, dtype: str = "auto",
               diagnose_format: str | None = None, limit: int | None = None, progress: bool = True,
-              images: str | Path | None = None, strict: bool = False, chunk: int = 64
+              images: str | Path | None = None, strict: bool = False, chunk: int = 64,
+              prompts: Any = None, score_range: tuple[float, float] | None = None,
               ) -> tuple[list[str], list[Diagnosis], list[Diagnosis], dict[str, Any]]:
     """Run the diagnoser at ``model`` over data set ``data``; returns ``(ids, preds, gts, info)``.
 
     Images are fed ``chunk`` at a time (bounded memory), in batches of ``batch_size``; the
-    diagnoser reports progress in decode steps, which the bar converts to images.
+    diagnoser reports progress in decode steps, which the bar converts to images. RichHF data
+    needs ``images`` (the Pick-a-Pic images) and ``prompts`` (their captions).
     """
     from .data import load_project_dataset, read_sdg30k
     from .diagnoser import Diagnoser  # the model stack is imported only here
@@ -311,8 +321,7 @@ def run_model(model: str | Path, data: str | Path, format: str = "auto", batch_s
     elif fmt == "sdg":
         samples = list(read_sdg30k(data, images, strict=strict))
     else:
-        raise ValueError("--model needs a data set with images: a project folder or an SDG-30K JSONL with --images "
-                         "(convert RichHF with imagedoctor.core.data.richhf.convert_richhf first)")
+        samples = _richhf_samples_to_diagnose(data, images, prompts, strict, score_range)
     if limit is not None:
         samples = samples[:limit]
     if not samples:
@@ -337,6 +346,27 @@ def run_model(model: str | Path, data: str | Path, format: str = "auto", batch_s
     return [s.id for s in samples], preds, gts, {"format": fmt, "n": len(samples)}
 
 
+def _richhf_samples_to_diagnose(data: str | Path, images: str | Path | None, prompts: Any, strict: bool,
+                                score_range: tuple[float, float] | None) -> list:
+    """RichHF samples that a diagnoser can run on: each needs its image and its prompt."""
+    from .data import read_richhf, richhf_to_samples
+    from .data.project import LoadReport
+    from .data.richhf import PROMPTS_FORMAT
+
+    if images is None:
+        raise ValueError("--model over RichHF needs --images: the folder of Pick-a-Pic v1 images the records name "
+                         "(imagedoctor.core.data.export_pickapic writes them, with the prompts, from Pick-a-Pic v1)")
+    report = LoadReport()
+    samples = list(richhf_to_samples(read_richhf(data, images, prompts, strict=strict, report=report,
+                                                 score_range=score_range or (0.0, 1.0), require_prompt=True)))
+    if not samples and report.skipped.get("missing_prompt"):
+        where = "--prompts was not given" if prompts is None else f"none is in {prompts} (matched by filename, " \
+                                                                  "base name or uid)"
+        raise ValueError(f"{data}: no example has a prompt, and the diagnoser needs one per image: the RichHF records "
+                         f"carry none and {where}. Pass --prompts FILE: {PROMPTS_FORMAT}")
+    return samples
+
+
 def save_predictions(path: str | Path, ids: Sequence[str], preds: Sequence[Diagnosis]) -> None:
     """Write predictions as JSONL (Diagnosis JSON + ``"id"``), readable by `load_predictions`."""
     with open(path, "w", encoding="utf-8") as fh:
@@ -358,7 +388,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", help="diagnoser checkpoint to run over --data first")
     p.add_argument("--data", help="data set to run --model over (its ground truth is used)")
     p.add_argument("--images", help="image folder for RichHF / SDG-30K ground truth")
-    p.add_argument("--prompts", help="RichHF prompts file (filename -> prompt; JSON, JSONL or TSV)")
+    p.add_argument("--prompts", help="RichHF prompts (needed only with --model): JSONL lines {\"filename\", \"prompt\"}, "
+                                      "a JSON object filename -> prompt, or TSV filename<TAB>prompt")
+    p.add_argument("--score-range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
+                   help="RichHF: the scale the file's scores are on, rescaled to [0, 1] (default: 0 1; e.g. 1 5)")
     p.add_argument("--protocol", choices=("auto",) + SDG_PROTOCOLS, default="auto",
                    help="SDG-Eval protocol: sdg-release (the SDG authors' released evaluator; default for SDG-30K "
                         "ground truth) or pixel (parsed diagnoses in pixels, --matching; default otherwise)")
@@ -382,6 +415,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.score_range is not None:
+        source = args.gt or args.data
+        fmt = args.format if args.format != "auto" or not source else detect_format(source)
+        if fmt != "richhf":
+            raise ValueError(f"--score-range applies to RichHF ground truth only (this is {fmt!r} ground truth, "
+                             "whose scores are always in [0, 1])")
     if args.model or args.data:
         if not (args.model and args.data):
             raise ValueError("--model and --data go together")
@@ -389,7 +428,8 @@ def run(args) -> int:
             raise ValueError("give either --pred/--gt or --model/--data, not both")
         ids, preds, gts, info = run_model(args.model, args.data, args.format, args.batch_size, args.max_new_tokens,
                                           args.device, args.dtype, args.diagnose_format, args.limit,
-                                          not args.no_progress, args.images, args.strict)
+                                          not args.no_progress, args.images, args.strict,
+                                          prompts=args.prompts, score_range=args.score_range)
         if args.save_pred:
             save_predictions(args.save_pred, ids, preds)
         paired = list(preds)
@@ -397,13 +437,18 @@ def run(args) -> int:
     else:
         if not (args.pred and args.gt):
             raise ValueError("give --pred and --gt (or --model and --data)")
-        gt_ids, gts, info = load_ground_truth(args.gt, args.format, args.images, args.prompts, args.strict, args.limit)
+        gt_ids, gts, info = load_ground_truth(args.gt, args.format, args.images, args.prompts, args.strict, args.limit,
+                                              score_range=args.score_range)
         pred_ids, preds = load_predictions(args.pred)
         if args.limit is not None and not all(i is not None for i in pred_ids):
             pred_ids, preds = pred_ids[:args.limit], preds[:args.limit]
         paired, pairing = pair_predictions(pred_ids, preds, gt_ids)
     if not gts:
-        raise ValueError("no ground-truth samples to evaluate")
+        skipped = info.get("skipped") or {}
+        hint = f" (skipped: {skipped}; the warning above names the first reason)" if skipped else ""
+        if info.get("format") == "richhf" and skipped.get("invalid") and args.score_range is None:
+            hint += "; if the scores are on another scale than [0, 1], pass --score-range LOW HIGH"
+        raise ValueError("no ground-truth samples to evaluate" + hint)
     sections = None
     if info["format"] == "richhf" or info.get("sources") == ["richhf-18k"]:
         sections = ["scores", "heatmaps"]  # RichHF has no boxes

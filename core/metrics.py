@@ -2,7 +2,7 @@
 
 - `score_correlations`: PLCC / SRCC per score dimension and averaged (ImageDoctor, RichHF-18K).
 - `heatmap_metrics`: MSE, CC, KLD, SIM, NSS, AUC-Judd over a batch of heatmaps (RichHF authors'
-  conventions, see docs/evaluation.md).
+  conventions; sources in docs/provenance.md).
 - `sdg_eval`: BoxF1@0.1 / BoxF1@0.5 per label and overall, DetTypeF1, ClnAcc, ImpAcc and DescCos
   over a data set (SDG-Eval). Two protocols: ``"sdg-release"`` reproduces the SDG authors' released
   evaluator number for number (raw model outputs, greedy IoU matching, its parsing and its

@@ -10,7 +10,8 @@ For each defect region of the current diagnosis (highest importance first):
 4. downscale back, optionally colour-match the result to the original crop (per-channel mean
    and standard deviation, measured outside the mask), and paste it with a feathered mask;
 5. re-diagnose the whole image and accept the change only if the chosen score improves
-   (strictly) and, with ``require_penalty_drop``, the defect load (sum(importance)/100) drops.
+   (strictly) and, with ``require_penalty_drop``, the defect load (sum(importance)/100) drops (or stays
+   0 when the regions come from elsewhere and the diagnosis had no defects).
 
 Up to ``rounds`` rounds; a round that accepts nothing ends the loop. Images are float32
 numpy arrays (H, W, 3) in [0, 1] throughout; PIL images and uint8 arrays are accepted.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -42,6 +43,9 @@ class RefineResult:
     log: list[str] = field(default_factory=list)
     accepted: int = 0
     rejected: int = 0
+    #: one dict per tried region: round, region, label, importance, box, before, after (None = no
+    #: score), load_before, load_after, verdict ("accepted"/"rejected"), why
+    steps: list[dict] = field(default_factory=list)
 
 
 def to_float_image(image: Any, name: str = "image") -> np.ndarray:
@@ -134,6 +138,11 @@ def color_match(result: np.ndarray, reference: np.ndarray, mask: np.ndarray | No
     return np.clip(out, 0.0, 1.0)
 
 
+def _fmt_value(value: float) -> str:
+    """A criterion value for the log: a missing score reads "n/a", not -inf."""
+    return "n/a" if value == -math.inf else f"{value:.4f}"
+
+
 def _criterion(diagnosis: Diagnosis, score: str, penalty: float) -> float:
     if score in ("overall", "weighted", "defect_penalty"):
         value, _ = score_value(diagnosis, score, None, penalty)
@@ -195,6 +204,7 @@ def refine_defects(
     min_importance: int = 0,
     labels=None,
     max_regions: int | None = None,
+    regions: Sequence[Defect] | None = None,
     penalty: float = DEFAULT_PENALTY,
     require_penalty_drop: bool = True,
     grow: int = 0,
@@ -206,6 +216,8 @@ def refine_defects(
     ``score`` is a score name (alignment/aesthetics/plausibility/overall) or a `best_of_n`
     criterion (``weighted`` = mean, ``defect_penalty``). ``diagnose(image) -> Diagnosis`` gets a
     float32 (H, W, 3) array. ``max_regions`` caps the regions per round (None = all).
+    ``regions`` (e.g. an external detector's boxes) replaces the diagnosis' defects as the regions
+    to refine in every round; acceptance still uses the re-diagnosed score and defect load.
     """
     current = to_float_image(image)
     if not isinstance(diagnosis, Diagnosis):
@@ -225,20 +237,21 @@ def refine_defects(
     cur_load = defect_load(current_diag)
     result = RefineResult(current, current_diag)
     log = result.log
-    log.append(f"start: {score}={cur_value:.4f} defect load={cur_load:.2f} defects={len(current_diag.defects)}")
+    log.append(f"start: {score}={_fmt_value(cur_value)} defect load={cur_load:.2f} defects={len(current_diag.defects)}")
     for rnd in range(1, int(rounds) + 1):
-        regions = [
-            d for d in current_diag.defects_of(None, min_importance) if label_set is None or d.label in label_set
+        todo = [
+            d for d in (current_diag.defects if regions is None else regions)
+            if d.importance_or() >= min_importance and (label_set is None or d.label in label_set)
         ]
-        regions = [d for d in regions if d.area >= 1.0]
-        regions.sort(key=lambda d: (-d.importance_or(), d.box))
+        todo = [d for d in todo if d.area >= 1.0]
+        todo.sort(key=lambda d: (-d.importance_or(), d.box))
         if max_regions is not None:
-            regions = regions[: int(max_regions)]
-        if not regions:
+            todo = todo[: int(max_regions)]
+        if not todo:
             log.append(f"round {rnd}: no defect regions to refine (min importance {min_importance})")
             break
         accepted_this_round = 0
-        for n, defect in enumerate(regions, 1):
+        for n, defect in enumerate(todo, 1):
             if should_cancel is not None and should_cancel():
                 raise RefineCancelled("refinement cancelled")
             box_txt = "[" + ", ".join(f"{v:.0f}" for v in defect.box) + "]"
@@ -249,7 +262,9 @@ def refine_defects(
             new_value = _criterion(new_diag, score, penalty)
             new_load = defect_load(new_diag)
             better = new_value > cur_value
-            load_ok = (new_load < cur_load) if require_penalty_drop else True
+            # nothing to drop from (regions given by an external detector on a defect-free
+            # diagnosis): the load must then stay at zero
+            load_ok = (new_load < cur_load or new_load == cur_load == 0) if require_penalty_drop else True
             verdict = "accepted" if better and load_ok else "rejected"
             why = []
             if not better:
@@ -257,10 +272,17 @@ def refine_defects(
             if not load_ok:
                 why.append("defect load did not drop")
             log.append(
-                f"round {rnd} region {n}/{len(regions)} {defect.label} imp={defect.importance_or()} box={box_txt}: "
-                f"{score} {cur_value:.4f} -> {new_value:.4f}, load {cur_load:.2f} -> {new_load:.2f}: {verdict}"
-                + (f" ({'; '.join(why)})" if why else "")
+                f"round {rnd} region {n}/{len(todo)} {defect.label} imp={defect.importance_or()} box={box_txt}: "
+                f"{score} {_fmt_value(cur_value)} -> {_fmt_value(new_value)}, load {cur_load:.2f} -> "
+                f"{new_load:.2f}: {verdict}" + (f" ({'; '.join(why)})" if why else "")
             )
+            result.steps.append({
+                "round": rnd, "region": n, "regions": len(todo), "label": defect.label,
+                "importance": defect.importance, "reason": defect.reason, "box": [round(v, 1) for v in defect.box],
+                "before": None if cur_value == -math.inf else cur_value,
+                "after": None if new_value == -math.inf else new_value,
+                "load_before": cur_load, "load_after": new_load, "verdict": verdict, "why": "; ".join(why),
+            })
             if verdict == "accepted":
                 current, current_diag, cur_value, cur_load = candidate, new_diag, new_value, new_load
                 result.accepted += 1
@@ -268,10 +290,10 @@ def refine_defects(
             else:
                 result.rejected += 1
             if progress is not None:
-                progress(n, len(regions))
+                progress(n, len(todo))
         if accepted_this_round == 0:
             log.append(f"round {rnd}: nothing accepted, stopping")
             break
-    log.append(f"done: {result.accepted} accepted, {result.rejected} rejected; final {score}={cur_value:.4f}")
+    log.append(f"done: {result.accepted} accepted, {result.rejected} rejected; final {score}={_fmt_value(cur_value)}")
     result.image, result.diagnosis = current, current_diag
     return result

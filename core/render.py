@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .diagnosis import Diagnosis
+from .images import to_rgb
 
 LABEL_COLOURS = {"misalignment": (40, 120, 255), "artifact": (255, 50, 50)}
 COLORMAPS = ("jet", "inferno", "gray")
@@ -38,7 +39,7 @@ def heatmap_overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5,
     """Blend a colour-mapped heatmap (H, W) in [0, 1] over ``image``; opacity grows with the heat."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    base = np.asarray(to_rgb(image), dtype=np.float32)
     hm = np.asarray(heatmap, dtype=np.float32)
     if hm.shape != base.shape[:2]:
         hm = np.asarray(Image.fromarray(hm).resize((base.shape[1], base.shape[0]), Image.BILINEAR))
@@ -55,16 +56,17 @@ def _font(size: int):
 
 
 def draw_defects(image: Image.Image, diagnosis: Diagnosis, min_importance: int = 0, labels: Sequence[str] | None = None,
-                 width: int | None = None) -> Image.Image:
+                 width: int | None = None, font_size: int | None = None) -> Image.Image:
     """Draw defect boxes coloured by label, captioned ``label importance``; returns a new image.
 
     The diagnosis' boxes are in its own pixel frame; they are scaled if ``image`` has another size.
+    ``width`` (line) and ``font_size`` default to sizes proportional to the image.
     """
-    img = image.convert("RGB").copy()
+    img = to_rgb(image).copy()
     sx, sy = img.width / diagnosis.width, img.height / diagnosis.height
     draw = ImageDraw.Draw(img)
     line = width or max(2, round(min(img.size) / 200))
-    font = _font(max(10, round(min(img.size) / 40)))
+    font = _font(font_size or max(10, round(min(img.size) / 40)))
     for d in diagnosis.defects:
         if labels is not None and d.label not in labels:
             continue
@@ -74,18 +76,39 @@ def draw_defects(image: Image.Image, diagnosis: Diagnosis, min_importance: int =
         x0, y0, x1, y1 = d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
         caption = d.label if d.importance is None else f"{d.label} {d.importance}"
-        tb = draw.textbbox((0, 0), caption, font=font)
-        tw, th = tb[2] - tb[0], tb[3] - tb[1]
+        cap_font, caption, (tw, th) = _fit_caption(draw, caption, font, img.width - 4)
         ty = y0 - th - 4 if y0 - th - 4 >= 0 else y0
-        draw.rectangle([x0, ty, x0 + tw + 4, ty + th + 4], fill=colour)
-        draw.text((x0 + 2, ty + 1), caption, fill=(255, 255, 255), font=font)
+        # keep the caption inside the image: shift it left from a box near the right edge
+        tx = max(0.0, min(x0, img.width - tw - 4))
+        draw.rectangle([tx, ty, tx + tw + 4, ty + th + 4], fill=colour)
+        draw.text((tx + 2, ty + 1), caption, fill=(255, 255, 255), font=cap_font)
     return img
+
+
+def _fit_caption(draw, caption: str, font, max_width: int):
+    """(font, text, (w, h)) of a caption no wider than ``max_width``: a smaller font first, then
+    the text shortened with an ellipsis."""
+
+    def size(text, f):
+        tb = draw.textbbox((0, 0), text, font=f)
+        return tb[2] - tb[0], tb[3] - tb[1]
+
+    w, h = size(caption, font)
+    if w <= max_width:
+        return font, caption, (w, h)
+    small = _font(8)
+    w, h = size(caption, small)
+    text = caption
+    while w > max_width and len(text) > 1:
+        text = text[:-1]
+        w, h = size(text + ".", small)
+    return small, (text + "." if text != caption else text), (w, h)
 
 
 def overlay(image: Image.Image, diagnosis: Diagnosis, alpha: float = 0.45, min_importance: int = 0,
             colormap: str = "jet") -> Image.Image:
     """The default picture of a diagnosis: both heatmaps (max) blended, then the defect boxes."""
-    img = image.convert("RGB")
+    img = to_rgb(image)
     maps = [m for m in diagnosis.heatmaps.values() if m is not None]
     if maps:
         img = heatmap_overlay(img, np.maximum.reduce(maps), alpha=alpha, colormap=colormap)
@@ -108,7 +131,7 @@ def panel(images: Sequence[Image.Image], titles: Sequence[str] | None = None, he
         raise ValueError(f"{len(titles)} titles for {len(images)} images")
     font = _font(14)
     strip = 22 if any(titles) else 0
-    scaled = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height), Image.BILINEAR) for im in images]
+    scaled = [to_rgb(im).resize((max(1, round(im.width * height / im.height)), height), Image.BILINEAR) for im in images]
     out = Image.new("RGB", (sum(im.width for im in scaled) + 4 * (len(scaled) - 1), height + strip), (255, 255, 255))
     draw = ImageDraw.Draw(out)
     x = 0

@@ -19,6 +19,9 @@ each image was ranked by, and a text table). Three criteria:
 
 Ties are broken deterministically: higher value first, then lower defect load, then lower
 batch index. NaN never reaches the ordering (missing values rank last, by index).
+
+`BestOfN` is the result of the two-stage selection (`Diagnoser.best_of_n`): every image ranked
+by a score-only ("fast") diagnosis with `best_of_n`, then full diagnoses for the top K only.
 """
 
 from __future__ import annotations
@@ -51,6 +54,40 @@ class Ranking:
     def rank_of(self, index: int) -> int:
         """1-based rank of batch image ``index``."""
         return self.order.index(index) + 1
+
+
+@dataclass
+class BestOfN:
+    """Two-stage best-of-N: fast (score-only) diagnoses of all N images, full ones of the top K.
+
+    order: all N batch indices, best first, by the fast diagnoses (`best_of_n` rules: an image
+    whose fast answer had no score ranks after every scored one, by index). fast: the N fast
+    diagnoses, batch order. full: batch index -> full diagnosis (boxes, reasons, heatmaps) for the
+    first K of ``order``. ranking: the fast `Ranking` (values, table).
+    """
+
+    order: list[int]
+    fast: list[Diagnosis]
+    full: dict[int, Diagnosis]
+    ranking: Ranking
+
+    @property
+    def best(self) -> int:
+        return self.order[0]
+
+    @property
+    def top_k(self) -> list[int]:
+        """The fully diagnosed indices, best first."""
+        return [i for i in self.order if i in self.full]
+
+    @property
+    def unscored(self) -> list[int]:
+        """Indices whose fast diagnosis carried no usable score (ranked last)."""
+        return [i for i, v in enumerate(self.ranking.values) if v == -math.inf]
+
+    def diagnoses(self) -> list[Diagnosis]:
+        """One diagnosis per image, batch order: the full one for the top K, the fast one otherwise."""
+        return [self.full.get(i, d) for i, d in enumerate(self.fast)]
 
 
 def defect_load(diagnosis: Diagnosis, min_importance: int = 0) -> float:

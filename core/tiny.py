@@ -73,7 +73,11 @@ def _corpus(seed: int) -> list[str]:
 def build_tokenizer(seed: int = 0, vocab_size: int = 600):
     """A byte-level BPE tokenizer (Qwen2 style) trained offline, with the Qwen-VL special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
+
+    try:  # transformers 4.x: the fast class wraps a `tokenizers` object (the slow one needs vocab files)
+        from transformers import Qwen2TokenizerFast as Qwen2Tokenizer
+    except ImportError:  # transformers 5: one (fast) class
+        from transformers import Qwen2Tokenizer
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -96,6 +100,16 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 600):
     # Task tokens are added as normal (non-special) tokens so that decoded text keeps them.
     hf.add_tokens(list(TASK_TOKENS), special_tokens=False)
     return hf
+
+
+def _rope_config(theta: float, **rope) -> dict:
+    """Text-config keys of a (multimodal) RoPE: transformers 5 takes ``rope_parameters`` (theta
+    inside); 4.x takes ``rope_scaling`` plus a separate ``rope_theta``."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return {"rope_parameters": {"rope_type": "default", "rope_theta": theta, **rope}}
+    return {"rope_scaling": {"rope_type": "default", **rope}, "rope_theta": theta}
 
 
 def build_tiny_diagnoser(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0, with_head: bool = True) -> Path:
@@ -145,7 +159,7 @@ def build_tiny_diagnoser(out_dir: str | Path, family: str = "qwen2_5_vl", seed: 
         vision_end_token_id=ids["<|vision_end|>"],
     )
     if family == "qwen2_5_vl":
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
+        text.update(_rope_config(1000000.0, mrope_section=[2, 3, 3]))
         config = Qwen2_5_VLConfig(
             text_config=text,
             vision_config=dict(
@@ -161,8 +175,7 @@ def build_tiny_diagnoser(out_dir: str | Path, family: str = "qwen2_5_vl", seed: 
             chat_template=CHAT_TEMPLATE.replace("default_system", "true"),
         )
     else:
-        text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
-                                                  "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+        text.update(head_dim=16, **_rope_config(5000000.0, mrope_section=[2, 3, 3], mrope_interleaved=True))
         config = Qwen3VLConfig(
             text_config=text,
             vision_config=dict(

@@ -1,4 +1,5 @@
-"""ComfyUI type conventions: validation and conversion helpers for IMAGE / MASK / DIAGNOSIS.
+"""ComfyUI type conventions: validation and conversion helpers for IMAGE / MASK / DIAGNOSIS
+(the socket types themselves are in `comfy_io`).
 
 IMAGE is float32 [B, H, W, C] in 0-1 (C = 3; RGBA and grayscale are converted), MASK float32
 [B, H, W] (a single [H, W] mask is accepted). Anything else raises `ComfyInputError` naming the
@@ -12,11 +13,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.diagnosis import Diagnosis
-
-DIAGNOSIS = "DIAGNOSIS"  # custom socket: list[Diagnosis], one per batch image
-DIAGNOSIS_MODEL = "DIAGNOSIS_MODEL"  # custom socket: nodes.models.DiagnosisModel handle
-SEGS = "SEGS"  # Impact Pack's socket type
-
 
 class ComfyInputError(ValueError):
     """A node input has the wrong type, shape, size or content."""

@@ -9,8 +9,8 @@ import numpy as np
 from ..core.masks import SOURCES, WEIGHTINGS, defect_mask, heatmap_mask
 from ..core.geometry import box_mask
 from ..core.refine import context_box
-from .comfy_types import DIAGNOSIS, SEGS, ComfyInputError, diagnoses, from_masks, image_batch
-from .spec import In, NodeSpec, Out
+from .comfy_io import Diagnosis, Segs, io
+from .comfy_types import ComfyInputError, diagnoses, from_masks, image_batch
 
 LABEL_CHOICES = ["all", "artifact", "misalignment"]
 
@@ -35,8 +35,8 @@ def _labels(labels: str):
     return None if labels == "all" else labels
 
 
-def defect_mask_node(diagnosis, source="boxes", labels="all", min_importance=0, threshold=0.5,
-                     weighting="binary", grow=0, feather=0):
+def _defect_mask(diagnosis, source="boxes", labels="all", min_importance=0, threshold=0.5,
+                 weighting="binary", grow=0, feather=0):
     diags = diagnoses(diagnosis, "diagnosis")
     if len({(d.width, d.height) for d in diags}) != 1:
         raise ComfyInputError("input 'diagnosis' describes images of different sizes; a MASK batch needs one size")
@@ -50,8 +50,8 @@ def defect_mask_node(diagnosis, source="boxes", labels="all", min_importance=0, 
     return (from_masks(masks),)
 
 
-def defects_to_segs_node(image, diagnosis, labels="all", min_importance=0, crop_factor=1.5, drop_size=8,
-                         mask_source="boxes", threshold=0.5, batch_index=0):
+def _defects_to_segs(image, diagnosis, labels="all", min_importance=0, crop_factor=1.5, drop_size=8,
+                     mask_source="boxes", threshold=0.5, batch_index=0):
     imgs = image_batch(image, "image")
     b, h, w = imgs.shape[0], imgs.shape[1], imgs.shape[2]
     if not 0 <= int(batch_index) < b:
@@ -86,53 +86,78 @@ def defects_to_segs_node(image, diagnosis, labels="all", min_importance=0, crop_
     return (((h, w), segs),)
 
 
-DEFECT_MASK = NodeSpec(
-    key="DefectMask",
-    display="Defect Mask",
-    subcategory="mask",
-    description="MASK of the defects: thresholded heatmaps, defect boxes (binary or importance-weighted) or "
-    "both; then grow/shrink and feather in pixels.",
-    inputs=[
-        In("diagnosis", DIAGNOSIS, "DIAGNOSIS from the Diagnose node."),
-        In("source", "COMBO", "heatmaps, boxes or both (pixel-wise max).", options=list(SOURCES), default="boxes"),
-        In("labels", "COMBO", "Which defect labels/heatmaps to include.", options=LABEL_CHOICES, default="all"),
-        In("min_importance", "INT", "Ignore defect boxes below this importance (0 keeps all).", default=0, min=0,
-           max=100),
-        In("threshold", "FLOAT", "Heatmap threshold.", default=0.5, min=0.0, max=1.0, step=0.01),
-        In("weighting", "COMBO", "binary: 0/1; importance: importance/100 in boxes and the heatmap value.",
-           options=list(WEIGHTINGS), default="binary"),
-        In("grow", "INT", "Grow (positive) or shrink (negative) the mask by this many pixels.", default=0,
-           min=-256, max=256),
-        In("feather", "FLOAT", "Soft edge width in pixels (0 = hard edges).", default=0.0, min=0.0, max=256.0,
-           step=1.0),
-    ],
-    outputs=[Out("mask", "MASK", "Defect masks [B,H,W].")],
-    fn=defect_mask_node,
-)
+class DefectMask(io.ComfyNode):
+    """A MASK of the defects, from heatmaps, boxes or both."""
 
-DEFECTS_TO_SEGS = NodeSpec(
-    key="DefectsToSEGS",
-    display="Defects to SEGS",
-    subcategory="mask",
-    description="Impact Pack SEGS from the defect boxes of one image, for Impact Pack's detailers.",
-    inputs=[
-        In("image", "IMAGE", "Image the diagnosis describes."),
-        In("diagnosis", DIAGNOSIS, "DIAGNOSIS from the Diagnose node."),
-        In("labels", "COMBO", "Which defect labels become segments.", options=LABEL_CHOICES, default="all"),
-        In("min_importance", "INT", "Skip defects below this importance.", default=0, min=0, max=100),
-        In("crop_factor", "FLOAT", "Context around each box (crop region = box x factor).", default=1.5, min=1.0,
-           max=10.0, step=0.1),
-        In("drop_size", "INT", "Skip boxes smaller than this many pixels on a side.", default=8, min=1,
-           max=4096),
-        In("mask_source", "COMBO", "Segment mask: the box, or the thresholded heatmap inside the box.",
-           options=["boxes", "heatmaps_in_boxes"], default="boxes"),
-        In("threshold", "FLOAT", "Heatmap threshold for heatmaps_in_boxes.", default=0.5, min=0.0, max=1.0,
-           step=0.01),
-        In("batch_index", "INT", "Which image of the batch (SEGS describe one image).", default=0, min=0,
-           max=4095),
-    ],
-    outputs=[Out("segs", SEGS, "Impact Pack SEGS ((H, W), [SEG, ...]).")],
-    fn=defects_to_segs_node,
-)
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ImageDoctorDefectMask",
+            display_name="Defect Mask",
+            category="ImageDoctor/mask",
+            description="MASK of the defects: thresholded heatmaps, defect boxes (binary or importance-weighted) or "
+            "both; then grow/shrink and feather in pixels.",
+            inputs=[
+                Diagnosis.Input("diagnosis", tooltip="DIAGNOSIS from the Diagnose node."),
+                io.Combo.Input("source", options=list(SOURCES), default="boxes",
+                               tooltip="heatmaps, boxes or both (pixel-wise max)."),
+                io.Combo.Input("labels", options=LABEL_CHOICES, default="all",
+                               tooltip="Which defect labels/heatmaps to include."),
+                io.Int.Input("min_importance", default=0, min=0, max=100,
+                             tooltip="Ignore defect boxes below this importance (0 keeps all)."),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01, tooltip="Heatmap threshold."),
+                io.Combo.Input("weighting", options=list(WEIGHTINGS), default="binary",
+                               tooltip="binary: 0/1; importance: importance/100 in boxes and the heatmap value."),
+                io.Int.Input("grow", default=0, min=-256, max=256,
+                             tooltip="Grow (positive) or shrink (negative) the mask by this many pixels."),
+                io.Float.Input("feather", default=0.0, min=0.0, max=256.0, step=1.0,
+                               tooltip="Soft edge width in pixels (0 = hard edges)."),
+            ],
+            outputs=[io.Mask.Output("mask", display_name="mask", tooltip="Defect masks [B,H,W].")],
+        )
 
-SPECS = [DEFECT_MASK, DEFECTS_TO_SEGS]
+    @classmethod
+    def execute(cls, diagnosis, source="boxes", labels="all", min_importance=0, threshold=0.5, weighting="binary",
+                grow=0, feather=0.0):
+        return io.NodeOutput(*_defect_mask(diagnosis, source, labels, min_importance, threshold, weighting, grow,
+                                           feather))
+
+
+class DefectsToSEGS(io.ComfyNode):
+    """Impact Pack SEGS from the defect boxes of one image."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ImageDoctorDefectsToSEGS",
+            display_name="Defects to SEGS",
+            category="ImageDoctor/mask",
+            description="Impact Pack SEGS from the defect boxes of one image, for Impact Pack's detailers.",
+            inputs=[
+                io.Image.Input("image", tooltip="Image the diagnosis describes."),
+                Diagnosis.Input("diagnosis", tooltip="DIAGNOSIS from the Diagnose node."),
+                io.Combo.Input("labels", options=LABEL_CHOICES, default="all",
+                               tooltip="Which defect labels become segments."),
+                io.Int.Input("min_importance", default=0, min=0, max=100, tooltip="Skip defects below this importance."),
+                io.Float.Input("crop_factor", default=1.5, min=1.0, max=10.0, step=0.1,
+                               tooltip="Context around each box (crop region = box x factor)."),
+                io.Int.Input("drop_size", default=8, min=1, max=4096,
+                             tooltip="Skip boxes smaller than this many pixels on a side."),
+                io.Combo.Input("mask_source", options=["boxes", "heatmaps_in_boxes"], default="boxes",
+                               tooltip="Segment mask: the box, or the thresholded heatmap inside the box."),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Heatmap threshold for heatmaps_in_boxes."),
+                io.Int.Input("batch_index", default=0, min=0, max=4095,
+                             tooltip="Which image of the batch (SEGS describe one image)."),
+            ],
+            outputs=[Segs.Output("segs", display_name="segs", tooltip="Impact Pack SEGS ((H, W), [SEG, ...]).")],
+        )
+
+    @classmethod
+    def execute(cls, image, diagnosis, labels="all", min_importance=0, crop_factor=1.5, drop_size=8,
+                mask_source="boxes", threshold=0.5, batch_index=0):
+        return io.NodeOutput(*_defects_to_segs(image, diagnosis, labels, min_importance, crop_factor, drop_size,
+                                               mask_source, threshold, batch_index))
+
+
+NODES = [DefectMask, DefectsToSEGS]

@@ -1,34 +1,38 @@
-"""Builds NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS.
+"""The pack's node list and ComfyUI's mappings, built when ComfyUI (or a caller) asks for them.
 
-V3 ``io.ComfyNode`` classes when ``comfy_api.latest`` is importable (ComfyUI registers V3 classes
-found in the mappings), classic V1 classes otherwise. Importing this module imports numpy and our
-light core modules only: torch/transformers/diffusers load on first use.
+Importing this module imports numpy and our light core modules only: torch/transformers/diffusers
+load on first use. Nodes are native V3 ``io.ComfyNode`` classes in a ComfyUI that has the V3 API,
+classic V1 classes otherwise (see `comfy_io`).
 """
 
 from __future__ import annotations
 
 from . import analysis, comfy_env, masking, models, refining, saving, selection
-from .spec import NodeSpec, build, v3_io
+from .comfy_io import API, io
 
-ALL_SPECS: list[NodeSpec] = [
-    *models.SPECS,
-    *analysis.SPECS,
-    *selection.SPECS,
-    *masking.SPECS,
-    *refining.SPECS,
-    *saving.SPECS,
-]
+NODES: list[type] = [*models.NODES, *analysis.NODES, *selection.NODES, *masking.NODES, *refining.NODES,
+                     *saving.NODES]
 
 comfy_env.register_model_folder()
-API = "v3" if v3_io() is not None else "v1"
 
 
-def build_mappings(io=None) -> tuple[dict, dict]:
-    classes = {s.node_id: build(s, io) for s in ALL_SPECS}
-    names = {s.node_id: s.display for s in ALL_SPECS}
-    return classes, names
+def node_id(node: type) -> str:
+    return node.define_schema().node_id
 
 
-NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings(v3_io())
+NODE_CLASS_MAPPINGS: dict[str, type] = {node_id(n): n for n in NODES}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {node_id(n): n.define_schema().display_name for n in NODES}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "ALL_SPECS", "API", "build_mappings"]
+
+def comfy_extension():
+    """The V3 ``ComfyExtension`` listing our nodes (for ComfyUI's ``comfy_entrypoint``)."""
+    from comfy_api.latest import ComfyExtension  # type: ignore
+
+    class ImageDoctorExtension(ComfyExtension):
+        async def get_node_list(self) -> list[type[io.ComfyNode]]:
+            return list(NODES)
+
+    return ImageDoctorExtension()
+
+
+__all__ = ["NODES", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "API", "comfy_extension"]

@@ -14,10 +14,10 @@ import sys
 
 #: command name -> module (relative to this package) defining ``add_parser(subparsers)``.
 COMMANDS = {
-    "flow-grpo": ".flow_grpo_trainer",
-    "sft-generator": ".sft_generator",
-    "sft": ".sft",
-    "grpo": ".grpo",
+    "flow-grpo": ".generator.flow_grpo",
+    "sft-generator": ".generator.sft",
+    "sft": ".diagnoser.sft",
+    "grpo": ".diagnoser.grpo",
 }
 
 

@@ -18,11 +18,11 @@ from .project import (
     save_heatmap_png,
     write_project_dataset,
 )
-from .richhf import RichHFRecord, read_richhf, richhf_to_samples, tokenize_prompt
+from .richhf import RichHFRecord, export_pickapic, read_richhf, richhf_to_samples, tokenize_prompt
 from .sdg30k import read_sdg30k
 
 __all__ = [
     "DATA_FILE", "DatasetError", "DatasetWriter", "LoadReport", "ProjectDataset", "Sample", "load_heatmap_png",
     "load_project_dataset", "save_heatmap_png", "write_project_dataset", "RichHFRecord", "read_richhf",
-    "richhf_to_samples", "tokenize_prompt", "read_sdg30k",
+    "richhf_to_samples", "export_pickapic", "tokenize_prompt", "read_sdg30k",
 ]

@@ -152,13 +152,15 @@ class Sample:
         """The image as an RGB PIL image (from memory or from ``image_path``)."""
         from PIL import Image
 
+        from ..images import to_rgb
+
         if self.image is not None:
             img = self.image if isinstance(self.image, Image.Image) else Image.fromarray(np.asarray(self.image))
-            return img.convert("RGB")
+            return to_rgb(img, f"sample {self.id!r}")
         if self.image_path is None:
             raise FileNotFoundError(f"sample {self.id!r} has no image")
         with Image.open(self.image_path) as img:
-            return img.convert("RGB")
+            return to_rgb(img, str(self.image_path))
 
 
 class ProjectDataset(list):

@@ -5,6 +5,8 @@ A TFRecord file is a sequence of records::
     uint64 length (little endian) | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
 
 ``masked_crc32c(x) = ((crc >> 15) | (crc << 17)) + 0xa282ead8`` (mod 2**32), CRC-32C (Castagnoli).
+The whole stream may be GZIP- or ZLIB-compressed (TensorFlow's ``compression_type``); readers
+tell the three apart by their first bytes, whatever the file is called.
 
 ``data`` is a serialised ``tf.train.Example`` protobuf; only the few messages involved are decoded::
 
@@ -19,15 +21,22 @@ Decoded features are ``{name: list[bytes] | list[float] | list[int]}``.
 
 from __future__ import annotations
 
+import gzip
+import io
 import struct
+import zlib
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import BinaryIO, Iterator, Mapping, Sequence
 
 import numpy as np
 
 
 class TFRecordError(ValueError):
     """A TFRecord file or an Example inside it is corrupt; the message says where."""
+
+
+class LFSPointerError(TFRecordError):
+    """The file is a Git LFS pointer (a few lines of text), not the data it points to."""
 
 
 # -- CRC-32C ------------------------------------------------------------------------------------
@@ -44,8 +53,8 @@ def _make_table() -> list[int]:
 _TABLE = _make_table()
 
 
-def crc32c(data: bytes) -> int:
-    """CRC-32C of ``data`` (pure Python; about 10 MB/s)."""
+def crc32c_python(data: bytes) -> int:
+    """CRC-32C of ``data`` in pure Python (the fallback: about 7-10 MB/s)."""
     crc = 0xFFFFFFFF
     table = _TABLE
     for b in data:
@@ -53,49 +62,181 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
+def _fast_crc32c():
+    """A compiled CRC-32C from an optional package, or None: ``(name, function)``."""
+    try:
+        import google_crc32c
+
+        if getattr(google_crc32c, "implementation", "c") == "c":  # its own fallback is pure Python
+            return "google-crc32c", google_crc32c.value
+    except ImportError:
+        pass
+    try:
+        import crc32c as _crc32c_pkg
+
+        return "crc32c", _crc32c_pkg.crc32c
+    except ImportError:
+        pass
+    return None
+
+
+_FAST = _fast_crc32c()
+#: which CRC-32C implementation `crc32c` uses: ``google-crc32c``, ``crc32c`` or ``python``.
+CRC32C_BACKEND = _FAST[0] if _FAST else "python"
+_crc32c_impl = _FAST[1] if _FAST else crc32c_python
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C of ``data``: compiled (GB/s) when ``google-crc32c`` or ``crc32c`` is installed,
+    else pure Python (`crc32c_python`). `CRC32C_BACKEND` names the one in use."""
+    return _crc32c_impl(bytes(data))
+
+
 def masked_crc32c(data: bytes) -> int:
-    crc = crc32c(data)
+    crc = _crc32c_impl(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-# -- framing ------------------------------------------------------------------------------------
-def read_records(path: str | Path, verify_crc: bool = True) -> Iterator[bytes]:
-    """Yield the raw records of a TFRecord file.
+# -- compression and pointer files ----------------------------------------------------------------
+_LFS_MAGIC = b"version https://git-lfs.github.com/spec/"
+COMPRESSIONS = ("none", "gzip", "zlib")
 
-    The length CRC is always checked; ``verify_crc`` also checks each record's data CRC (pure
-    Python, slow on gigabytes: pass False to skip). A truncated or corrupt frame raises
-    `TFRecordError` (the framing cannot be resynchronised after it).
+
+def _is_zlib_header(head: bytes) -> bool:
+    # RFC 1950: CM = 8 (deflate), window <= 32K, FCHECK makes the first two bytes a multiple of 31
+    return len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0
+
+
+def lfs_pointer_message(path: Path, text: bytes) -> str:
+    """What a Git LFS pointer file is and how to fetch the data it stands for."""
+    fields = dict(line.split(" ", 1) for line in text.decode("utf-8", "replace").splitlines() if " " in line)
+    size = fields.get("size", "?")
+    return (f"{path} is a Git LFS pointer file ({len(text)} bytes of text standing for a {size}-byte file, "
+            f"{fields.get('oid', 'no oid')}), not the data: the repository was cloned without Git LFS. "
+            "Fetch the real file: in that clone run `git lfs install && git lfs pull` "
+            "(or `git lfs pull --include <file>`), or download it with `hf download <repo> <file> --repo-type dataset` "
+            "for a Hugging Face copy, or with the 'Download raw file' button on the repository's web page")
+
+
+def sniff_tfrecord(path: str | Path) -> str | None:
+    """What ``path`` holds, from its first bytes: ``"none"`` (a plain TFRecord whose first length
+    CRC checks), ``"gzip"``, ``"zlib"``, ``"lfs-pointer"``, ``"empty"``, or None (none of these)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "empty"
+    if len(head) >= 12 and masked_crc32c(head[:8]) == struct.unpack("<I", head[8:12])[0]:
+        return "none"  # checked first: a length's low bytes can look like a zlib header
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if _is_zlib_header(head):
+        return "zlib"
+    if head.startswith(_LFS_MAGIC):
+        return "lfs-pointer"
+    return None
+
+
+class _ZlibReader(io.RawIOBase):
+    """A read-only stream inflating a ZLIB-compressed file chunk by chunk (bounded memory)."""
+
+    def __init__(self, fh: BinaryIO):
+        self._fh = fh
+        self._inflate = zlib.decompressobj()
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while True:
+            if not self._pending:
+                if self._inflate.eof:
+                    return 0
+                chunk = self._fh.read(1 << 16)
+                if not chunk:
+                    raise EOFError("compressed file ended before the end-of-stream marker was reached")
+                self._pending = chunk
+            out = self._inflate.decompress(self._pending, len(buf))
+            self._pending = self._inflate.unconsumed_tail
+            if out:
+                buf[:len(out)] = out
+                return len(out)
+
+
+def open_tfrecord(path: str | Path, compression: str = "auto") -> tuple[BinaryIO, str]:
+    """Open a TFRecord file for reading, decompressing it on the fly: ``(stream, compression)``.
+
+    ``compression="auto"`` tells plain, GZIP and ZLIB files apart by their first bytes. A Git
+    LFS pointer file raises `LFSPointerError` saying how to fetch the data.
     """
     path = Path(path)
-    with open(path, "rb") as fh:
-        index = 0
+    kind = sniff_tfrecord(path)
+    if kind == "lfs-pointer":
+        raise LFSPointerError(lfs_pointer_message(path, path.read_bytes()[:1024]))
+    if compression == "auto":
+        compression = kind if kind in COMPRESSIONS else "none"
+    elif compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compression!r}; use 'auto' or one of {list(COMPRESSIONS)}")
+    fh = open(path, "rb")
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=fh, mode="rb"), compression
+    if compression == "zlib":
+        return io.BufferedReader(_ZlibReader(fh), buffer_size=1 << 16), compression
+    return fh, compression
+
+
+# -- framing ------------------------------------------------------------------------------------
+def read_records(path: str | Path, verify_crc: bool = True, compression: str = "auto") -> Iterator[bytes]:
+    """Yield the raw records of a TFRecord file (plain, GZIP or ZLIB; see `open_tfrecord`).
+
+    The length CRC is always checked; ``verify_crc`` also checks each record's data CRC (fast
+    with ``google-crc32c`` installed; pass False to skip it). A truncated or corrupt frame raises
+    `TFRecordError` (the framing cannot be resynchronised after it); so does a damaged
+    compressed stream, and a Git LFS pointer file raises `LFSPointerError`.
+    """
+    path = Path(path)
+    fh, compression = open_tfrecord(path, compression)
+    what = "" if compression == "none" else f" ({compression}-compressed)"
+    index = 0
+    with fh:
         while True:
-            header = fh.read(12)
-            if not header:
-                return
-            if len(header) < 12:
-                raise TFRecordError(f"{path}: record {index}: truncated header ({len(header)} of 12 bytes)")
-            (length,) = struct.unpack("<Q", header[:8])
-            (len_crc,) = struct.unpack("<I", header[8:])
-            if masked_crc32c(header[:8]) != len_crc:
-                raise TFRecordError(f"{path}: record {index}: length CRC mismatch (corrupt file?)")
-            data = fh.read(length)
-            footer = fh.read(4)
+            try:
+                header = fh.read(12)
+                if not header:
+                    return
+                if len(header) < 12:
+                    raise TFRecordError(f"{path}{what}: record {index}: truncated header ({len(header)} of 12 bytes)")
+                (length,) = struct.unpack("<Q", header[:8])
+                (len_crc,) = struct.unpack("<I", header[8:])
+                if masked_crc32c(header[:8]) != len_crc:
+                    hint = ""
+                    if index == 0 and compression == "none":
+                        hint = " - the file starts with neither a TFRecord frame nor a GZIP/ZLIB header: is it a TFRecord file?"
+                    raise TFRecordError(f"{path}{what}: record {index}: length CRC mismatch (corrupt file?){hint}")
+                data = fh.read(length)
+                footer = fh.read(4)
+            except (EOFError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+                raise TFRecordError(f"{path}{what}: record {index}: the compressed stream is damaged ({exc})") from exc
             if len(data) < length or len(footer) < 4:
-                raise TFRecordError(f"{path}: record {index}: truncated data ({len(data)} of {length} bytes)")
+                raise TFRecordError(f"{path}{what}: record {index}: truncated data ({len(data)} of {length} bytes)")
             if verify_crc and masked_crc32c(data) != struct.unpack("<I", footer)[0]:
-                raise TFRecordError(f"{path}: record {index}: data CRC mismatch (corrupt record)")
+                raise TFRecordError(f"{path}{what}: record {index}: data CRC mismatch (corrupt record)")
             yield data
             index += 1
 
 
-def write_records(path: str | Path, records: Sequence[bytes]) -> None:
-    """Write raw records as a TFRecord file (used by tests and converters)."""
-    with open(path, "wb") as fh:
-        for data in records:
-            length = struct.pack("<Q", len(data))
-            fh.write(length + struct.pack("<I", masked_crc32c(length)) + data
-                     + struct.pack("<I", masked_crc32c(data)))
+def write_records(path: str | Path, records: Sequence[bytes], compression: str = "none") -> None:
+    """Write raw records as a TFRecord file, optionally GZIP/ZLIB-compressed (tests and converters)."""
+    frames = b"".join(
+        struct.pack("<Q", len(data)) + struct.pack("<I", masked_crc32c(struct.pack("<Q", len(data))))
+        + data + struct.pack("<I", masked_crc32c(data)) for data in records)
+    if compression == "gzip":
+        frames = gzip.compress(frames)
+    elif compression == "zlib":
+        frames = zlib.compress(frames)
+    elif compression != "none":
+        raise ValueError(f"unknown compression {compression!r}; use one of {list(COMPRESSIONS)}")
+    Path(path).write_bytes(frames)
 
 
 # -- protobuf wire format -----------------------------------------------------------------------

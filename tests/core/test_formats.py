@@ -80,6 +80,8 @@ def test_parse_rejects_bad_arguments():
        st.sampled_from(["imagedoctor", "sdg"]), st.integers(1, 3000), st.integers(1, 3000))
 def test_lenient_parser_never_raises(text, fmt, w, h):
     d = parse(text, fmt, w, h)
+    # `parse` catches everything as a last line of defence; the readers themselves must not need it
+    assert not any(p.startswith("parser failed") for p in d.problems), d.problems
     for defect in d.defects:
         x0, y0, x1, y1 = defect.box
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h

@@ -31,11 +31,29 @@ def comfy(tmp_path, monkeypatch):
     return state
 
 @pytest.fixture
-def v3_io(monkeypatch):
-    mods = make_comfy_api()
-    for name, mod in mods.items():
+def v3_nodes(monkeypatch):
+    """The node modules imported afresh with a V3 ``comfy_api`` importable (the stub of
+    idoc_helpers), as ComfyUI would import them; the V1 copies come back afterwards."""
+    import importlib
+
+    import imagedoctor
+
+    for name, mod in make_comfy_api().items():
         monkeypatch.setitem(sys.modules, name, mod)
-    return mods["comfy_api.latest.io"]
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("imagedoctor.nodes")}
+    saved_attr = imagedoctor.__dict__.get("nodes")
+    for k in saved:
+        del sys.modules[k]
+    try:
+        registry = importlib.import_module("imagedoctor.nodes.registry")
+        yield registry
+    finally:
+        for k in [k for k in sys.modules if k.startswith("imagedoctor.nodes")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        if saved_attr is not None:
+            imagedoctor.nodes = saved_attr
+
 
 @pytest.fixture
 def batch():

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,35 +128,71 @@ class FakeVAE:
 
 # ----------------------------------------------------------------------------- comfy_api stub
 def make_comfy_api() -> dict[str, types.ModuleType]:
-    """A minimal stand-in for comfy_api.latest.io with the constructor signatures of the real one."""
+    """A stand-in for comfy_api.latest(.io) with the constructor signatures of ComfyUI 0.3.64's
+    (no catch-all keyword arguments: a parameter the real API lacks is a TypeError here too).
+    The real API is exercised by tests/e2e."""
     io = types.ModuleType("comfy_api.latest.io")
 
     class _Input:
-        def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None,
-                     min=None, max=None, step=None, options=None, multiline=False, control_after_generate=None,
-                     **kw):
-            self.id, self.optional, self.tooltip, self.default = id, optional, tooltip, default
-            self.min, self.max, self.step, self.options, self.multiline = min, max, step, options, multiline
+        def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, extra_dict=None):
+            self.id, self.display_name, self.optional, self.tooltip = id, display_name, optional, tooltip
+            self.default, self.options = None, None
             self.io_type = self.Parent.io_type
+
+    class _Widget(_Input):
+        def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None,
+                     socketless=None, force_input=None):
+            super().__init__(id, display_name, optional, tooltip, lazy)
+            self.default = default
+
+    class _Int(_Widget):
+        def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None, min=None,
+                     max=None, step=None, control_after_generate=None, display_mode=None, socketless=None,
+                     force_input=None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default)
+            self.min, self.max, self.control_after_generate = min, max, control_after_generate
+
+    class _Float(_Widget):
+        def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None, min=None,
+                     max=None, step=None, round=None, display_mode=None, socketless=None, force_input=None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default)
+            self.min, self.max = min, max
+
+    class _String(_Widget):
+        def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, multiline=False,
+                     placeholder=None, default=None, dynamic_prompts=None, socketless=None, force_input=None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default)
+            self.multiline = multiline
+
+    class _Boolean(_Widget):
+        def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None,
+                     label_on=None, label_off=None, socketless=None, force_input=None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default)
+
+    class _Combo(_Widget):
+        def __init__(self, id, options=None, display_name=None, optional=False, tooltip=None, lazy=None,
+                     default=None, control_after_generate=None, upload=None, image_folder=None, remote=None,
+                     socketless=None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default)
+            self.options = options
 
     class _Output:
         def __init__(self, id=None, display_name=None, tooltip=None, is_output_list=False):
             self.id, self.display_name, self.tooltip = id, display_name, tooltip
             self.io_type = self.Parent.io_type
 
-    def comfytype(io_type):
-        class T:
-            pass
-
-        T.io_type = io_type
-        T.Input = type("Input", (_Input,), {"Parent": T})
+    def comfytype(io_type, input_cls=_Input):
+        T = type(io_type, (), {"io_type": io_type})
+        T.Input = type("Input", (input_cls,), {"Parent": T})
         T.Output = type("Output", (_Output,), {"Parent": T})
         return T
 
-    for attr, name in [("Image", "IMAGE"), ("Mask", "MASK"), ("Int", "INT"), ("Float", "FLOAT"),
-                       ("String", "STRING"), ("Boolean", "BOOLEAN"), ("Combo", "COMBO"), ("Model", "MODEL"),
-                       ("Vae", "VAE"), ("Conditioning", "CONDITIONING")]:
+    for attr, name in [("Image", "IMAGE"), ("Mask", "MASK"), ("Model", "MODEL"), ("Vae", "VAE"),
+                       ("Conditioning", "CONDITIONING"), ("SEGS", "SEGS")]:
         setattr(io, attr, comfytype(name))
+    io.Int, io.Float = comfytype("INT", _Int), comfytype("FLOAT", _Float)
+    io.String, io.Boolean = comfytype("STRING", _String), comfytype("BOOLEAN", _Boolean)
+    io.Combo = comfytype("COMBO", _Combo)
     io.Custom = comfytype
 
     @dataclass
@@ -165,16 +200,22 @@ def make_comfy_api() -> dict[str, types.ModuleType]:
         node_id: str
         display_name: str = None
         category: str = "sd"
-        inputs: list = field(default_factory=list)
-        outputs: list = field(default_factory=list)
-        hidden: list = field(default_factory=list)
+        inputs: list = None
+        outputs: list = None
+        hidden: list = None
         description: str = ""
+        is_input_list: bool = False
         is_output_node: bool = False
+        is_deprecated: bool = False
+        is_experimental: bool = False
+        is_api_node: bool = False
         not_idempotent: bool = False
+        enable_expand: bool = False
 
         def validate(self):
-            ids = [i.id for i in self.inputs] + [o.id for o in self.outputs]
-            assert len(ids) == len(set(ids)), f"duplicate ids {ids}"
+            ids = [i.id for i in self.inputs or []] + [o.id for o in self.outputs or []]
+            if len(ids) != len(set(ids)):
+                raise ValueError(f"duplicate ids {ids}")
 
     class NodeOutput:
         def __init__(self, *args, ui=None, expand=None, block_execution=None):
@@ -190,6 +231,12 @@ def make_comfy_api() -> dict[str, types.ModuleType]:
     io.Schema, io.NodeOutput, io.ComfyNode = Schema, NodeOutput, ComfyNode
     latest = types.ModuleType("comfy_api.latest")
     latest.io = io
+
+    class ComfyExtension:
+        async def on_load(self):
+            return None
+
+    latest.ComfyExtension = ComfyExtension
     root = types.ModuleType("comfy_api")
     root.__path__ = []
     root.latest = latest
@@ -251,6 +298,7 @@ def call_v3(cls, **inputs):
         elif inp.options:
             kwargs[inp.id] = inp.options[0]
     kwargs.update(inputs)
+    assert not [i.id for i in schema.inputs if not i.optional and i.id not in kwargs], "missing required inputs"
     out = cls.execute(**kwargs)
     assert len(out.args) == len(schema.outputs)
     for value, o in zip(out.args, schema.outputs):

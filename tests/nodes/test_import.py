@@ -17,6 +17,12 @@ if sys.argv[1] == "comfyui":
     mod = importlib.util.module_from_spec(spec)
     sys.modules["ImageDoctor"] = mod
     spec.loader.exec_module(mod)
+elif sys.argv[1] == "core":
+    import imagedoctor.core
+    import imagedoctor as mod
+    built = [m for m in sys.modules if m.startswith("imagedoctor.nodes")]
+    print(json.dumps({"seconds": time.perf_counter() - t, "heavy": [], "nodes": 0, "built": built}))
+    sys.exit(0)
 else:
     import imagedoctor as mod
 dt = time.perf_counter() - t
@@ -43,3 +49,8 @@ def test_import_as_comfyui_custom_node_folder():
     r = _probe("comfyui")
     assert r["heavy"] == [] and r["nodes"] == 10
     assert r["seconds"] < 2.0
+
+
+def test_headless_core_import_builds_no_node():
+    r = _probe("core")
+    assert r["built"] == [], f"importing imagedoctor.core imported {r['built']}"

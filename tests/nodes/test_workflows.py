@@ -2,7 +2,6 @@
 links connect matching types; UI and API files agree with tests/nodes/build_workflows.py."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -79,7 +78,7 @@ def test_ui_workflow_valid(path):
         for inp in n["inputs"]:
             assert inp["name"] in names
         assert [o["type"] for o in n["outputs"]] == sig["outputs"]
-        n_widgets = sum(1 + (1 if (o.get("control_after_generate") or name == "seed") else 0)
+        n_widgets = sum(1 + (1 if o.get("control_after_generate") else 0)
                         + (1 if n["type"] == "LoadImage" else 0)
                         for name, t, o, _ in sig["inputs"] if is_widget(t))
         assert len(n["widgets_values"]) == n_widgets, f"{n['type']}: widgets_values length"
@@ -88,3 +87,50 @@ def test_ui_workflow_valid(path):
         assert lid in nodes[src]["outputs"][sslot]["links"]
         target = nodes[dst]["inputs"][dslot]
         assert target["link"] == lid and target["type"] == ltype, f"link {lid} type mismatch"
+
+
+def _rects(wf):
+    from build_workflows import TITLE
+
+    return {n["id"]: (n["pos"][0], n["pos"][1] - TITLE, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+            for n in wf["nodes"]}
+
+
+def overlaps(wf, gap: float = 10.0) -> list[tuple[int, int]]:
+    """Pairs of nodes whose rectangles (title bar included) come closer than ``gap``."""
+    rects = _rects(wf)
+    ids = sorted(rects)
+    bad = []
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            ax0, ay0, ax1, ay1 = rects[a]
+            bx0, by0, bx1, by1 = rects[b]
+            if ax0 < bx1 + gap and bx0 < ax1 + gap and ay0 < by1 + gap and by0 < ay1 + gap:
+                bad.append((a, b))
+    return bad
+
+
+def test_overlap_check_catches_overlaps():
+    wf = {"nodes": [{"id": 1, "pos": [0, 40], "size": [300, 200]}, {"id": 2, "pos": [0, 250], "size": [300, 100]},
+                    {"id": 3, "pos": [400, 40], "size": [300, 100]}]}
+    assert overlaps(wf) == [(1, 2)]  # 2's title bar (220..250) runs into 1 (ends at 240)
+    wf["nodes"][1]["pos"] = [0, 290]
+    assert overlaps(wf) == []
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_layout_readable_and_roomy(path):
+    from build_workflows import PANEL, PREVIEW, SHOWS_IMAGES, SIZES
+
+    wf = json.loads(path.read_text())
+    assert overlaps(wf) == [], f"{path.name}: overlapping nodes {overlaps(wf)}"
+    for n in wf["nodes"]:
+        w, h = SIZES["sizes"][n["type"]]
+        room = (PREVIEW if n["type"] in SHOWS_IMAGES else 0) + PANEL.get(n["type"], 0)
+        assert n["size"][0] >= w and n["size"][1] >= h + room, \
+            f"{path.name}: node {n['id']} ({n['type']}) {n['size']} leaves no room for what a run shows"
+    ds = wf["extra"]["ds"]
+    assert 0.6 <= ds["scale"] <= 1.0  # the front end draws no text below 0.6
+    prefixes = [n["widgets_values"][-1] if n["type"] == "SaveImage" else n["widgets_values"][0]
+                for n in wf["nodes"] if n["type"] in ("SaveImage", "ImageDoctorSaveDiagnosis")]
+    assert len(prefixes) == len(set(prefixes)), f"{path.name}: save nodes share a prefix {prefixes}"

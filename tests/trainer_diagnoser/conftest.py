@@ -8,6 +8,8 @@ heatmaps are 1 inside the squares. Images have three different sizes to exercise
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -52,11 +54,32 @@ def make_sample(i: int, rng: np.random.RandomState):
     return Sample(f"s{i:04d}", None, prompt, gt, image=img)
 
 
-def write_synthetic(root, n: int, seed: int):
+def write_synthetic(root, n: int, seed: int, shuffle: str | None = None):
+    """The synthetic set; ``shuffle="scores"`` or ``"heatmaps"`` gives each image the scores (or the
+    maps) of another image: the labels of a negative control, which no model can learn from the pixels."""
+    import dataclasses
+
     from imagedoctor.core.data import write_project_dataset
 
     rng = np.random.RandomState(seed)
-    write_project_dataset(root, [make_sample(i, rng) for i in range(n)], overwrite=True)
+    samples = [make_sample(i, rng) for i in range(n)]
+    if shuffle is not None:
+        perm = np.random.RandomState(seed + 1000).permutation(n)
+        shuffled = []
+        for i, sample in enumerate(samples):
+            donor = samples[int(perm[i])].diagnosis
+            if shuffle == "scores":
+                gt = dataclasses.replace(sample.diagnosis, scores=donor.scores)
+            else:
+                maps = {}
+                for name, m in donor.heatmaps.items():  # the donor's map, resized to this image
+                    from PIL import Image
+
+                    maps[name] = np.asarray(Image.fromarray(m).resize(sample.diagnosis.size), dtype=np.float32)
+                gt = dataclasses.replace(sample.diagnosis, heatmaps=maps)
+            shuffled.append(type(sample)(sample.id, None, sample.prompt, gt, image=sample.image))
+        samples = shuffled
+    write_project_dataset(root, samples, overwrite=True)
     return root
 
 
@@ -72,7 +95,7 @@ def synth_eval(tmp_path_factory):
 
 def sft_config(model, train, eval_dir, out, **overrides):
     """A CPU-sized SFT config for the tiny model and the synthetic set."""
-    from imagedoctor.trainer.diagnoser_config import SFTConfig
+    from imagedoctor.trainer.diagnoser.config import SFTConfig
 
     kwargs = dict(model=str(model), data=str(train), eval_data=str(eval_dir), output_dir=str(out), stage="scores",
                   heatmap_weight=0.0, image_area=112 * 112, finetuning="full", learning_rate=2e-3,
@@ -82,18 +105,43 @@ def sft_config(model, train, eval_dir, out, **overrides):
     return SFTConfig(**kwargs)
 
 
+#: Training seeds of the learning tests (see tests/trainer_generator/test_learning.py): the default
+#: run uses one, IMAGEDOCTOR_LEARNING_SEEDS=0,1,2 measures the seed-to-seed spread.
+LEARNING_SEEDS = [int(s) for s in os.environ.get("IMAGEDOCTOR_LEARNING_SEEDS", "0").split(",")]
+
+
+def pytest_generate_tests(metafunc):
+    if "learning_seed" in metafunc.fixturenames:
+        metafunc.parametrize("learning_seed", LEARNING_SEEDS)
+
+
+@pytest.fixture(scope="session")
+def make_synthetic():
+    """`write_synthetic` as a fixture (test modules cannot import conftest)."""
+    return write_synthetic
+
+
 @pytest.fixture(scope="session")
 def sft_scores_run(tiny_model_dir, synth_train, synth_eval, tmp_path_factory):
-    """Cold-start stage 1 (scores only, full fine-tune) on the synthetic set: (before, result)."""
-    from imagedoctor.trainer.sft import SFTTrainer
+    """Cold-start stage 1 (scores only, full fine-tune) on the synthetic set, per (seed, labels):
+    ``run(seed, train_dir=synth_train) -> (before, result)``, each computed once per session."""
+    from imagedoctor.trainer.diagnoser.sft import SFTTrainer
 
-    cfg = sft_config(tiny_model_dir, synth_train, synth_eval, tmp_path_factory.mktemp("sft-scores"))
-    probe = SFTTrainer(cfg)
-    probe._setup()
-    before = probe.evaluate()
-    del probe
-    result = SFTTrainer(cfg).train()
-    return before, result
+    done = {}
+
+    def run(seed: int = 0, train=None):
+        key = (seed, str(train or synth_train))
+        if key not in done:
+            cfg = sft_config(tiny_model_dir, train or synth_train, synth_eval, tmp_path_factory.mktemp("sft-scores"),
+                             seed=seed)
+            probe = SFTTrainer(cfg)
+            probe._setup()
+            before = probe.evaluate()
+            del probe
+            done[key] = (before, SFTTrainer(cfg).train())
+        return done[key]
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Hand-made cases for our diagnoser GRPO rewards (variant "ours"; the upstream variant has its own file)."""
+"""Hand-made cases for our diagnoser GRPO rewards (variant "ours"; conventions: docs/provenance.md;
+the upstream variant has its own file)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from imagedoctor.core.diagnosis import Defect, Diagnosis
-from imagedoctor.trainer.diagnoser_rewards import (
+from imagedoctor.trainer.diagnoser.rewards import (
     compute_rewards,
     format_reward,
     grounding_reward,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from imagedoctor.core.diagnosis import Defect, Diagnosis
-from imagedoctor.trainer import upstream_rewards as up
-from imagedoctor.trainer.diagnoser_rewards import (
+from imagedoctor.trainer.diagnoser import rewards_upstream as up
+from imagedoctor.trainer.diagnoser.rewards import (
     compute_rewards,
     grounding_reward,
     heatmap_reward,

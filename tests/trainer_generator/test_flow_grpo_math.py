@@ -10,7 +10,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from scipy.stats import norm
 
-from imagedoctor.trainer.flow_grpo import (
+from imagedoctor.trainer.generator.sde import (
     clipped_policy_loss,
     dense_advantages,
     dense_ratio,
@@ -146,23 +146,40 @@ def test_clipped_loss_blocks_gradient_outside_range():
     lp = torch.tensor([0.0, 0.0], requires_grad=True)
     old = torch.tensor([-0.1, 0.1])  # ratios e^0.1 (too high), e^-0.1 (too low)
     adv = torch.tensor([1.0, -1.0])  # both would push further out of range
-    out = flow_grpo_loss(lp, old, adv, clip_range=1e-4)
+    out = flow_grpo_loss(lp, old, adv, epsilon=1e-4)
     out.loss.backward()
     assert torch.all(lp.grad == 0)
     assert float(out.clip_fraction) == 1.0
     lp2 = torch.tensor([0.0, 0.0], requires_grad=True)
-    flow_grpo_loss(lp2, torch.zeros(2), adv, clip_range=1e-4).loss.backward()
+    flow_grpo_loss(lp2, torch.zeros(2), adv, epsilon=1e-4).loss.backward()
     torch.testing.assert_close(lp2.grad, -adv / 2)
     assert float(clipped_policy_loss(torch.ones(3), torch.tensor([1.0, 2, 3]), 0.1)) == pytest.approx(-2.0)
 
 
-def test_kl_to_reference_is_gaussian_kl():
-    mean, ref = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+def test_kl_to_reference_both_normalisations_by_hand():
+    """mu - mu_ref = 0.3 everywhere, std_dev_t = 0.5, dt = -0.1 (image 0) and -0.05 (image 1):
+    flow_grpo (train_sd3.py): 0.3^2 / (2 * 0.5^2) = 0.18 for both images;
+    exact (Gaussian KL of the step, std = std_dev_t sqrt(-dt)): 0.18 / 0.1 = 1.8 and 0.18 / 0.05 = 3.6."""
+    ref = torch.zeros(2, 4, 3, 3)
+    mean = ref + 0.3
+    std = torch.full((2, 1, 1, 1), 0.5)
+    dt = torch.tensor([-0.1, -0.05]).view(2, 1, 1, 1)
+    torch.testing.assert_close(kl_to_reference(mean, ref, std, dt), torch.tensor([0.18, 0.18]))
+    torch.testing.assert_close(kl_to_reference(mean, ref, std, dt, "flow_grpo"), torch.tensor([0.18, 0.18]))
+    torch.testing.assert_close(kl_to_reference(mean, ref, std, dt, "exact"), torch.tensor([1.8, 3.6]))
+    with pytest.raises(ValueError, match="flow_grpo"):
+        kl_to_reference(mean, ref, std, dt, "gaussian")
+
+
+def test_exact_kl_is_the_gaussian_kl_of_the_step():
+    g = torch.Generator().manual_seed(0)
+    mean, ref = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
     std, dt = torch.full((2, 1, 1, 1), 0.5), torch.full((2, 1, 1, 1), -0.1)
-    kl = kl_to_reference(mean, ref, std, dt)
     s = 0.5 * math.sqrt(0.1)
-    p = torch.distributions.Normal(mean, s)
-    q = torch.distributions.Normal(ref, s)
-    torch.testing.assert_close(kl, torch.distributions.kl_divergence(p, q).mean(dim=(1, 2, 3)))
+    gaussian = torch.distributions.kl_divergence(torch.distributions.Normal(mean, s), torch.distributions.Normal(ref, s))
+    torch.testing.assert_close(kl_to_reference(mean, ref, std, dt, "exact"), gaussian.mean(dim=(1, 2, 3)))
+    # flow_grpo's value leaves the -dt factor out: the same KL times -dt
+    torch.testing.assert_close(kl_to_reference(mean, ref, std, dt, "flow_grpo"), 0.1 * gaussian.mean(dim=(1, 2, 3)))
+    kl = kl_to_reference(mean, ref, std, dt)
     out = flow_grpo_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), kl=kl, beta=0.5)
     assert float(out.loss) == pytest.approx(0.5 * float(kl.mean()), rel=1e-5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from imagedoctor.core.diagnosis import Defect, Diagnosis
-from imagedoctor.trainer.generator_rewards import (
+from imagedoctor.trainer.generator.rewards import (
     as_reward_tensor,
     box_coverage,
     box_reward_map,
@@ -145,7 +145,7 @@ def test_diagnoser_reward_modes(mode):
 
 
 def test_load_reward_specs():
-    fn = load_reward("python:imagedoctor.trainer.generator_rewards:scalar", fn=lambda i, p, **c: [1.0] * len(p))
+    fn = load_reward("python:imagedoctor.trainer.generator.rewards:scalar", fn=lambda i, p, **c: [1.0] * len(p))
     assert fn(None, ["x"]).tolist() == [1.0]
     with pytest.raises(ValueError, match="unknown reward"):
         load_reward("pickscore")
