@@ -28,7 +28,7 @@ from .diagnosis import Diagnosis
 from .formats import FORMATS, parse
 from .generation import DiagnosisCancelled, decode, resolve_decoder
 from .geometry import Frame
-from .prompts import ImagePolicy, PromptVariant, build_messages, get_variant, resolve_variant
+from .prompts import ImagePolicy, PromptVariant, build_messages, get_variant, resolve_image_policy, resolve_variant
 
 __all__ = ["Diagnoser", "DiagnosisCancelled", "LoadReport", "save_diagnoser", "to_pil_images"]
 
@@ -485,9 +485,7 @@ class Diagnoser:
 
     def image_policy_for(self, variant: PromptVariant, image_area: int | None | str = "auto") -> ImagePolicy:
         """``image_area`` if given (None = unchanged), else the checkpoint's, else ``variant``'s policy."""
-        if image_area == "auto":
-            image_area = self.image_area
-        return variant.image if image_area == "auto" else ImagePolicy.from_area(image_area)
+        return resolve_image_policy(variant, image_area, self.image_area)
 
     # --- heatmaps ----------------------------------------------------------------------
     def head_maps(self, task_states, visual_tokens: Sequence, grid_thw) -> list:

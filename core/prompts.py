@@ -318,6 +318,15 @@ def resolve_variant(format: str = "imagedoctor", think: bool = True,
     return v
 
 
+def resolve_image_policy(variant: PromptVariant, image_area: int | None | str = "auto",
+                         checkpoint_area: int | None | str = "auto") -> ImagePolicy:
+    """The image policy a call uses: ``image_area`` if given (pixels, aspect kept; None = unchanged),
+    else the checkpoint's ``imagedoctor_image_area``, else ``variant``'s own policy."""
+    if image_area == "auto":
+        image_area = checkpoint_area
+    return variant.image if image_area == "auto" else ImagePolicy.from_area(image_area)
+
+
 def build_prompt(prompt: str, format: str = "imagedoctor", think: bool = True,
                  variant: str | PromptVariant | None = None) -> str:
     """The user-turn text that follows the image (see `resolve_variant` for the choice)."""
