@@ -34,6 +34,9 @@ def test_defaults_are_valid_and_documented():
     (GRPOConfig, {"loss_type": "mean"}, "loss_type"),
     (GRPOConfig, {"temperature": 0.0}, "temperature"),
     (GRPOConfig, {"reward_variant": "paper"}, "reward_variant"),
+    (GRPOConfig, {"prompt_variant": "sdg-grpo"}, "prompt_variant"),          # another format's variant
+    (SFTConfig, {"prompt_variant": "imagedoctor-fast"}, "prompt_variant"),   # pre-fills the answer
+    (SFTConfig, {"prompt_variant": "imagedoctor", "think": False}, "prompt_variant"),
 ])
 def test_bad_values_name_the_key(cls, kwargs, key):
     with pytest.raises(ConfigError, match=repr(key)):
@@ -68,5 +71,6 @@ def test_shipped_paper_configs_load_and_validate():
     assert doctor.rewards == {"score": 1.0, "heatmap": 1.0, "grounding": 1.0} and doctor.format == "imagedoctor"
     assert (doctor.learning_rate, doctor.beta, doctor.num_generations, doctor.max_new_tokens) == (2e-6, 0.04, 8, 4096)
     assert doctor.num_iterations == sdg.num_iterations == 1
+    assert (doctor.prompt_variant, sdg.prompt_variant) == ("imagedoctor-grpo", "sdg-grpo")
     assert sdg.rewards == {"sdg": 1.0} and sdg.format == "sdg" and sdg.embedding_model == "Qwen/Qwen3-Embedding-0.6B"
     assert (sdg.learning_rate, sdg.beta, sdg.num_generations, sdg.max_new_tokens) == (5e-6, 0.01, 8, 4096)

@@ -31,6 +31,16 @@ def test_labels_mask_prompt_image_and_padding(tiny_model_dir, synth_train, tmp_p
         assert batch["gt_maps"][b][1].shape == (64, 64) and float(batch["gt_maps"][b][1].max()) > 0.5
     out = tr.raw_module(**batch)
     assert torch.isfinite(out["loss"]) and float(out["heatmap"]) > 0
+    # prompt_variant changes the prompt only: the GRPO wrapper is in the input, the labels stay the targets
+    from dataclasses import replace
+
+    from imagedoctor.core.prompts import IMAGEDOCTOR_GRPO_WRAPPER
+
+    grpo = collate(tr.dg, ex[:1], replace(cfg, prompt_variant="imagedoctor-grpo"), 64, with_maps=False)
+    assert IMAGEDOCTOR_GRPO_WRAPPER in tok.decode(grpo["input_ids"][0])
+    assert IMAGEDOCTOR_GRPO_WRAPPER not in tok.decode(batch["input_ids"][0])
+    kept = grpo["labels"][0][grpo["labels"][0] != -100]
+    assert tok.decode(kept) == ex[0].target + tok.eos_token
 
 
 def test_sft_scores_stage_learns_on_heldout(sft_scores_run, learning_seed):

@@ -37,6 +37,11 @@ class DiagnoserTrainConfig(TrainerConfig):
     think: bool = option(True, "Render and ask for the <think> block.")
     image_area: int | None = option(512 * 512, "Images are resized to about this many pixels (aspect kept); "
                                                "null keeps them.")
+    prompt_variant: str | None = option(None, "Prompt variant of the training prompts (user text, system turn; "
+                                              "imagedoctor.core.prompts.PROMPT_VARIANTS, of this format, e.g. "
+                                              "'imagedoctor-grpo' or 'sdg-grpo'); null = the starting checkpoint's "
+                                              "own (its config.json), else the format's default. Images are still "
+                                              "sized by image_area.")
     finetuning: str = option("lora", "'lora' (peft adapters on the language model) or 'full'.")
     lora_r: int = option(16, "LoRA rank r.")
     lora_alpha: float = option(32.0, "LoRA alpha (scale alpha / r).")
@@ -73,6 +78,8 @@ class DiagnoserTrainConfig(TrainerConfig):
             self._fail("train_vision", "needs finetuning: full (LoRA targets the language model only)",
                        "set finetuning: full or train_vision: false")
         self._choice("dtype", DTYPES)
+        if self.prompt_variant is not None:
+            self._check_prompt_variant()
         if self.image_area is not None and self.image_area < 28 * 28:
             self._fail("image_area", f"{self.image_area} is below 784 (28x28)", "use an area >= 784, or null")
         for key in ("max_steps", "batch_size", "eval_max_new_tokens", "eval_samples", "gradient_accumulation_steps",
@@ -85,6 +92,21 @@ class DiagnoserTrainConfig(TrainerConfig):
             self._fail("lora_dropout", f"{self.lora_dropout} is outside [0, 1)", "use e.g. 0.05")
         if not self.lora_target_modules:
             self._fail("lora_target_modules", "is empty", "name at least one projection, e.g. [q_proj, v_proj]")
+
+    def _check_prompt_variant(self) -> None:
+        from ...core.prompts import PROMPT_VARIANTS
+
+        names = sorted(n for n, v in PROMPT_VARIANTS.items() if v.format == self.format and not v.prefill)
+        v = PROMPT_VARIANTS.get(self.prompt_variant)
+        if v is None or v.format != self.format:
+            self._fail("prompt_variant", f"{self.prompt_variant!r} is not a prompt variant of format {self.format!r}",
+                       f"use one of {names}, or null")
+        if v.prefill:
+            self._fail("prompt_variant", f"{self.prompt_variant!r} pre-fills the answer (a reward scorer's query)",
+                       f"train the score-only mode with think: false, or use one of {names}")
+        if not self.think:
+            self._fail("prompt_variant", "applies with think: true (think: false uses the score-only prompt)",
+                       "set think: true or prompt_variant: null")
 
     @property
     def uses_task_tokens(self) -> bool:

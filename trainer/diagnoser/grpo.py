@@ -141,7 +141,8 @@ class GRPOTrainer(DiagnoserTrainer):
         images = [e.image for e in examples for _ in range(group_size)]
         prompts = [e.prompt for e in examples for _ in range(group_size)]
         gts = [e.gt for e in examples for _ in range(group_size)]
-        inputs, resized, _ = dg.build_inputs(images, prompts, cfg.format, think=cfg.think, image_area=cfg.image_area)
+        inputs, resized, _ = dg.build_inputs(images, prompts, cfg.format, think=cfg.think, image_area=cfg.image_area,
+                                             variant=cfg.prompt_variant)
         inputs = inputs.to(self.accelerator.device)
         tok = dg.processor.tokenizer
         need_maps = "heatmap" in cfg.rewards and dg.head is not None
@@ -154,7 +155,7 @@ class GRPOTrainer(DiagnoserTrainer):
                                  suppress_token_ids=dg.vision_token_ids)
         finally:
             dg.model.train(was_training)
-        prefill = dg.prompt_variant_for(cfg.format, cfg.think).prefill
+        prefill = dg.prompt_variant_for(cfg.format, cfg.think, cfg.prompt_variant).prefill
         diags = []
         for i, img in enumerate(images):
             text = prefill + tok.decode(out.sequences[i, : out.lengths[i]], skip_special_tokens=True)
