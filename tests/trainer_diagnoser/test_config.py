@@ -37,6 +37,7 @@ def test_defaults_are_valid_and_documented():
     (GRPOConfig, {"prompt_variant": "sdg-grpo"}, "prompt_variant"),          # another format's variant
     (SFTConfig, {"prompt_variant": "imagedoctor-fast"}, "prompt_variant"),   # pre-fills the answer
     (SFTConfig, {"prompt_variant": "imagedoctor", "think": False}, "prompt_variant"),
+    (SFTConfig, {"max_steps": 100, "lr_schedule_steps": 50}, "lr_schedule_steps"),
 ])
 def test_bad_values_name_the_key(cls, kwargs, key):
     with pytest.raises(ConfigError, match=repr(key)):

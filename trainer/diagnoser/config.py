@@ -55,6 +55,9 @@ class DiagnoserTrainConfig(TrainerConfig):
     lr_scheduler_type: str = option("constant_with_warmup", "Learning-rate schedule: one of ['constant', "
                                     "'constant_with_warmup', 'linear', 'cosine'].")
     max_steps: int = option(1000, "Optimiser steps (SFT) or iterations (GRPO) to train.")
+    lr_schedule_steps: int | None = option(None, "Steps the learning-rate schedule spans (default: max_steps). Set it "
+                                                 "above max_steps to stop a longer schedule early, as a run "
+                                                 "interrupted at max_steps would have (the mini recipe does).")
     batch_size: int = option(4, "Images per process per micro-batch (GRPO: images per iteration, each with "
                                 "num_generations completions).")
     gradient_accumulation_steps: int = option(1, "Micro-batches per optimiser step (SFT).")
@@ -82,6 +85,9 @@ class DiagnoserTrainConfig(TrainerConfig):
             self._check_prompt_variant()
         if self.image_area is not None and self.image_area < 28 * 28:
             self._fail("image_area", f"{self.image_area} is below 784 (28x28)", "use an area >= 784, or null")
+        if self.lr_schedule_steps is not None and self.lr_schedule_steps < self.max_steps:
+            self._fail("lr_schedule_steps", f"is {self.lr_schedule_steps}, below max_steps ({self.max_steps}): the "
+                       "schedule would end before training does", "leave it unset or set it >= max_steps")
         for key in ("max_steps", "batch_size", "eval_max_new_tokens", "eval_samples", "gradient_accumulation_steps",
                     "lora_r", "lora_alpha"):
             self._positive(key)
