@@ -28,7 +28,7 @@ from .diagnosis import Diagnosis
 from .formats import FORMATS, parse
 from .generation import DiagnosisCancelled, decode, resolve_decoder
 from .geometry import Frame
-from .prompts import IMAGEDOCTOR_IMAGE_AREA, assistant_prefill, build_messages, resize_for_model
+from .prompts import ImagePolicy, PromptVariant, build_messages, get_variant, resolve_image_policy, resolve_variant
 
 __all__ = ["Diagnoser", "DiagnosisCancelled", "LoadReport", "save_diagnoser", "to_pil_images"]
 
@@ -164,6 +164,28 @@ def _head_tensors(folder: Path) -> dict:
     return found
 
 
+def _prompt_settings(config, format: str, folder: Path, report: LoadReport) -> tuple[str | None, Any]:
+    """(prompt variant, image area) named in config.json (``imagedoctor_prompt_variant``,
+    ``imagedoctor_image_area``), checked; a variant of another format than ``format`` is ignored."""
+    variant = getattr(config, "imagedoctor_prompt_variant", None)
+    if variant is not None:
+        try:
+            v = get_variant(variant)
+        except ValueError as exc:
+            raise ValueError(f"{folder}: config.json key 'imagedoctor_prompt_variant': {exc}") from None
+        if v.format != format:
+            report.notes.append(f"prompt variant {variant!r} of config.json is for format {v.format!r}; "
+                                f"format {format!r} uses its default prompt")
+            variant = None
+    image_area = getattr(config, "imagedoctor_image_area", "auto")
+    if image_area != "auto":
+        try:
+            ImagePolicy.from_area(image_area)
+        except ValueError as exc:
+            raise ValueError(f"{folder}: config.json key 'imagedoctor_image_area': {exc}") from None
+    return variant, image_area
+
+
 def save_diagnoser(out_dir: str | Path, model, processor, head=None) -> Path:
     """Write backbone + processor + head in the published layout, atomically.
 
@@ -206,23 +228,18 @@ def save_diagnoser(out_dir: str | Path, model, processor, head=None) -> Path:
     return out
 
 
-def _check_image_area(value, what: str) -> None:
-    """``image_area`` is "auto", None (images unchanged) or a positive pixel count."""
-    if value == "auto" or value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{what} must be a positive number of pixels (e.g. 65536 for 256x256), None or 'auto'; "
-                         f"got {value!r}")
-
-
 class Diagnoser:
     """A loaded diagnosis model. Build with `from_pretrained`; call `diagnose`."""
 
     def __init__(self, model, processor, head=None, *, family: str, format: str, task_token_ids: dict[str, int | None],
-                 load_report: LoadReport | None = None, source: str = "", image_area: int | None | str = "auto"):
+                 load_report: LoadReport | None = None, source: str = "", prompt_variant: str | None = None,
+                 image_area: int | None | str = "auto"):
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; use one of {list(FORMATS)}")
-        _check_image_area(image_area, "image_area")
+        if prompt_variant is not None:
+            resolve_variant(format, True, prompt_variant)  # raises when unknown or of another format
+        if image_area != "auto":
+            ImagePolicy.from_area(image_area)  # raises on a bad value
         self.model = model
         self.processor = processor
         self.head = head
@@ -231,8 +248,9 @@ class Diagnoser:
         self.task_token_ids = task_token_ids
         self.load_report = load_report or LoadReport(family=family, has_head=head is not None)
         self.source = source
-        #: Image area (pixels) the checkpoint was trained at, from config.json's
-        #: ``imagedoctor_image_area``; "auto" = the format's default. `diagnose(image_area="auto")` uses it.
+        #: Prompt variant the checkpoint was trained on (None: its format's default), and the
+        #: image area that overrides the variant's image policy ("auto": no override).
+        self.prompt_variant = prompt_variant
         self.image_area = image_area
 
     # --- loading ----------------------------------------------------------------------
@@ -288,8 +306,7 @@ class Diagnoser:
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = _torch_dtype(dtype, device)
         report = LoadReport(family=family)
-        image_area = getattr(config, "imagedoctor_image_area", "auto")
-        _check_image_area(image_area, f"{folder}: config.json key 'imagedoctor_image_area'")
+        variant, image_area = _prompt_settings(config, format, folder, report)
         kwargs = dict(dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
@@ -353,7 +370,7 @@ class Diagnoser:
         for note in report.notes:
             logger.warning("%s: %s", folder, note)
         return cls(model, processor, head, family=family, format=format, task_token_ids=task_ids,
-                   load_report=report, source=str(path_or_id), image_area=image_area)
+                   load_report=report, source=str(path_or_id), prompt_variant=variant, image_area=image_area)
 
     @classmethod
     def _from_adapter(cls, folder: Path, base_model, **kwargs) -> "Diagnoser":
@@ -431,8 +448,12 @@ class Diagnoser:
         think: bool = True,
         image_area: int | None | str = "auto",
         assistant_texts: Sequence[str] | None = None,
+        variant: str | PromptVariant | None = None,
     ):
         """Processor inputs for a batch (left-padded), plus the resized images.
+
+        The prompt text, system turn, pre-fill and image policy come from `prompt_variant_for`;
+        ``image_area`` (pixels, aspect kept; None = unchanged) overrides the variant's image policy.
 
         With ``assistant_texts`` (training), each sample's assistant turn is appended and the
         returned ``prefix_lengths`` say where each (unpadded) prompt ends, so a trainer can mask them.
@@ -441,24 +462,16 @@ class Diagnoser:
         format = format or self.format
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; use one of {list(FORMATS)}")
-        if image_area == "auto":
-            image_area = self.image_area
-        if image_area == "auto":
-            image_area = IMAGEDOCTOR_IMAGE_AREA if format == "imagedoctor" else None
+        v = self.prompt_variant_for(format, think, variant)
+        policy = self.image_policy_for(v, image_area)
         pil = to_pil_images(images)
         if len(prompts) != len(pil):
             raise ValueError(f"{len(prompts)} prompts for {len(pil)} images; give one prompt per image (or one for all)")
-        from PIL import Image
-
-        resized = []
-        for img in pil:
-            size = resize_for_model(img.width, img.height, image_area)
-            resized.append(img if size == img.size else img.resize(size, Image.BICUBIC))
-        prefill = assistant_prefill(format, think)
+        resized = [policy.apply(img) for img in pil]
         texts = []
         for p in prompts:
-            texts.append(self.processor.apply_chat_template(build_messages(p, format, think), tokenize=False,
-                                                            add_generation_prompt=True) + prefill)
+            texts.append(self.processor.apply_chat_template(build_messages(p, format, think, v), tokenize=False,
+                                                            add_generation_prompt=True) + v.prefill)
         prefix_lengths = None
         if assistant_texts is not None:
             if len(assistant_texts) != len(texts):
@@ -474,6 +487,20 @@ class Diagnoser:
         if tok.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; batched diagnosis needs one")
         return inputs, resized, prefix_lengths
+
+    def prompt_variant_for(self, format: str | None = None, think: bool = True,
+                           variant: str | PromptVariant | None = None) -> PromptVariant:
+        """The prompt variant a call uses: ``variant`` if given; else the checkpoint's own (when the
+        format is the checkpoint's and ``think`` is on); else the format's default (score-only
+        for ``think=False``)."""
+        format = format or self.format
+        if variant is None and think and format == self.format:
+            variant = self.prompt_variant
+        return resolve_variant(format, think, variant)
+
+    def image_policy_for(self, variant: PromptVariant, image_area: int | None | str = "auto") -> ImagePolicy:
+        """``image_area`` if given (None = unchanged), else the checkpoint's, else ``variant``'s policy."""
+        return resolve_image_policy(variant, image_area, self.image_area)
 
     # --- heatmaps ----------------------------------------------------------------------
     def head_maps(self, task_states, visual_tokens: Sequence, grid_thw) -> list:
@@ -531,6 +558,7 @@ class Diagnoser:
         image_area: int | None | str = "auto",
         progress: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        variant: str | PromptVariant | None = None,
         decoder: str = "auto",
     ) -> list[Diagnosis]:
         """Diagnose N images in batches of ``batch_size`` (one generate call + one head pass each).
@@ -540,7 +568,9 @@ class Diagnoser:
         scores without reasoning (its reward-scorer mode). ``progress(done, total)`` is called once
         per decode step (units: decode steps over all batches); ``should_cancel()`` is polled each step
         and raises `DiagnosisCancelled` when it returns True. Greedy unless ``do_sample``.
-        ``min_new_tokens`` forces a minimum length (benchmarks). ``decoder``: "hf" (transformers'
+        ``min_new_tokens`` forces a minimum length (benchmarks). ``variant`` names a prompt variant
+        (`imagedoctor.core.prompts.PROMPT_VARIANTS`; default: the checkpoint's, see `prompt_variant_for`).
+        ``decoder``: "hf" (transformers'
         ``generate``), "static" (static KV cache, CUDA-graph decode steps on CUDA; same tokens) or
         "auto" (static on CUDA, the measured faster one on CPU; hf where static cannot reproduce the
         generation settings or has failed on this model; the environment variable IMAGEDOCTOR_DECODER
@@ -565,6 +595,7 @@ class Diagnoser:
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 raise ValueError(f"prompt {i} must be a string, got {type(p).__name__}")
+        v = self.prompt_variant_for(format, think, variant)
         want_maps = heatmaps and self.head is not None and None not in self.task_token_ids.values()
         tok = self.processor.tokenizer
         eos_ids = sorted({i for i in [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"),
@@ -575,7 +606,7 @@ class Diagnoser:
         for b in range(n_batches):
             chunk = slice(b * batch_size, (b + 1) * batch_size)
             imgs, prs = pil[chunk], prompts[chunk]
-            inputs, resized, _ = self.build_inputs(imgs, prs, format, think, image_area)
+            inputs, resized, _ = self.build_inputs(imgs, prs, format, think, image_area, variant=v)
             inputs = inputs.to(self.model.device)
             base = b * max_new_tokens
             step_cb = (lambda s, base=base: progress(base + s, total)) if progress else None
@@ -586,7 +617,7 @@ class Diagnoser:
                 seed=None if seed is None else seed + b, capture_states=want_maps, capture_visual=want_maps,
                 progress=step_cb, should_cancel=should_cancel,
             )
-            prefill = assistant_prefill(format, think)
+            prefill = v.prefill
             diags = []
             for i, img in enumerate(imgs):
                 ids = out.sequences[i, : out.lengths[i]]

@@ -12,6 +12,9 @@ Two ways to run it:
 Prints a table (``--json`` prints the JSON result instead; ``--out FILE`` also writes it).
 Sections: ``scores`` (PLCC/SRCC), ``heatmaps`` (per map), ``sdg`` (box F1, DetTypeF1, ClnAcc,
 ImpAcc, DescCos); a section is present when the ground truth carries that kind of annotation.
+Each section names the protocol that produced its numbers (``protocol``). For SDG-30K ground
+truth the ``sdg`` section defaults to ``sdg-release`` (the SDG authors' released evaluator,
+number for number); ``--protocol pixel`` selects our pixel-space variant (``--matching``).
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from typing import Any, Callable, Sequence
 
 from .diagnosis import HEATMAP_NAMES, LABELS, SCORE_NAMES, Defect, Diagnosis
 from .geometry import clamp_box
-from .metrics import MATCHINGS, heatmap_metrics, score_correlations, sdg_eval, to_jsonable
+from .metrics import MATCHINGS, SDG_PROTOCOLS, heatmap_metrics, score_correlations, sdg_eval, to_jsonable
 
 GT_FORMATS = ("auto", "project", "richhf", "sdg")
+#: Protocols of the scores and heatmap sections (named in every report).
+SCORES_PROTOCOL = "plcc-srcc"
+HEATMAPS_PROTOCOL = "richhf"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,17 +187,22 @@ def to_frame(pred: Diagnosis, width: int, height: int) -> Diagnosis:
 # evaluation
 # ----------------------------------------------------------------------------------------------
 def evaluate(preds: Sequence[Diagnosis | None], gts: Sequence[Diagnosis], matching: str = "hungarian",
-             embed: Callable[[list[str]], Any] | None = None, sections: Sequence[str] | None = None) -> dict[str, Any]:
+             embed: Callable[[list[str]], Any] | None = None, sections: Sequence[str] | None = None,
+             protocol: str = "pixel") -> dict[str, Any]:
     """All metrics for aligned lists of predictions (None = missing) and ground truths.
 
     ``sections`` defaults to those the ground truth supports: ``scores`` when any GT score is
     present, ``heatmaps`` when any GT heatmap is present, ``sdg`` always (pass a subset to
-    choose, e.g. without ``sdg`` for RichHF which has no boxes).
+    choose, e.g. without ``sdg`` for RichHF which has no boxes). ``protocol`` is the SDG-Eval
+    protocol (`imagedoctor.core.metrics.SDG_PROTOCOLS`); ``matching`` applies to ``pixel``.
+    ``result["protocols"]`` names the protocol of each section.
     """
     if len(preds) != len(gts):
         raise ValueError(f"{len(preds)} predictions for {len(gts)} ground-truth samples")
     if matching not in MATCHINGS:
         raise ValueError(f"unknown matching {matching!r}; use one of {list(MATCHINGS)}")
+    if protocol not in SDG_PROTOCOLS:
+        raise ValueError(f"unknown SDG-Eval protocol {protocol!r}; use one of {list(SDG_PROTOCOLS)}")
     if sections is None:
         sections = []
         if any(v is not None for g in gts for v in g.scores.as_dict().values()):
@@ -201,18 +212,26 @@ def evaluate(preds: Sequence[Diagnosis | None], gts: Sequence[Diagnosis], matchi
         sections.append("sdg")
     result: dict[str, Any] = {"n_images": len(gts), "n_missing": sum(p is None for p in preds),
                               "n_parse_problems": sum(1 for p in preds if p is not None and p.problems)}
+    protocols: dict[str, str] = {}
     if "scores" in sections:
         result["scores"] = score_correlations([None if p is None else p.scores for p in preds],
                                               [g.scores for g in gts])
+        protocols["scores"] = result["scores"]["protocol"] = SCORES_PROTOCOL
     if "heatmaps" in sections:
         result["heatmaps"] = {
             name: heatmap_metrics([None if p is None else p.heatmaps.get(name) for p in preds],
                                   [g.heatmaps.get(name) for g in gts])
             for name in HEATMAP_NAMES
         }
+        protocols["heatmaps"] = HEATMAPS_PROTOCOL
     if "sdg" in sections:
-        aligned = [None if p is None else to_frame(p, g.width, g.height) for p, g in zip(preds, gts)]
-        result["sdg"] = sdg_eval(aligned, gts, matching=matching, embed=embed)
+        if protocol == "sdg-release":  # raw outputs against raw ground truth: no rescaling, no clamping
+            result["sdg"] = sdg_eval(list(preds), list(gts), embed=embed, protocol="sdg-release")
+        else:
+            aligned = [None if p is None else to_frame(p, g.width, g.height) for p, g in zip(preds, gts)]
+            result["sdg"] = sdg_eval(aligned, gts, matching=matching, embed=embed)
+        protocols["sdg"] = protocol
+    result["protocols"] = protocols
     return result
 
 
@@ -230,29 +249,37 @@ def format_table(result: dict[str, Any]) -> str:
              f"with parse problems: {result.get('n_parse_problems', 0)}"]
     if "scores" in result:
         s = result["scores"]
-        lines += ["", "Scores            PLCC     SRCC        n  missing"]
+        lines += ["", f"Scores (protocol: {s.get('protocol', SCORES_PROTOCOL)})",
+                  "                  PLCC     SRCC        n  missing"]
         for dim in SCORE_NAMES:
             d = s["per_dim"][dim]
             lines.append(f"  {dim:<14}{_fmt(d['plcc']):>8} {_fmt(d['srcc']):>8} {d['n']:>8} {d['n_missing']:>8}")
         lines.append(f"  {'average':<14}{_fmt(s['average']['plcc']):>8} {_fmt(s['average']['srcc']):>8}")
     if "heatmaps" in result:
         keys = ("mse", "mse_gt_empty", "cc", "kld", "sim", "nss", "auc_judd")
-        lines += ["", "Heatmaps     " + "".join(f"{k:>13}" for k in keys) + "   n(empty/non-empty)"]
+        lines += ["", f"Heatmaps (protocol: {result.get('protocols', {}).get('heatmaps', HEATMAPS_PROTOCOL)})",
+                  "             " + "".join(f"{k:>13}" for k in keys) + "   n(empty/non-empty)"]
         for name, h in result["heatmaps"].items():
             lines.append(f"  {name:<11}" + "".join(f"{_fmt(h[k]):>13}" for k in keys)
                          + f"   {h['n_gt_empty']}/{h['n_gt_nonempty']}")
     if "sdg" in result:
         s = result["sdg"]
-        lines += ["", f"Structured defects (matching: {s['matching']})"]
+        lines += ["", f"Structured defects (protocol: {s.get('protocol', 'pixel')}; matching: {s['matching']})"]
         lines.append(f"  {'':<14}" + "".join(f"{'BoxF1@' + t:>12}" for t in s["box_f1"]) + f"{'DetTypeF1':>12}")
         for lab in LABELS:
             lines.append(f"  {lab:<14}" + "".join(f"{_fmt(b['per_label'][lab]['f1']):>12}" for b in s["box_f1"].values())
                          + f"{_fmt(s['det_type_f1']['per_label'][lab]['f1']):>12}")
         lines.append(f"  {'overall':<14}" + "".join(f"{_fmt(b['overall']['f1']):>12}" for b in s["box_f1"].values())
                      + f"{_fmt(s['det_type_f1']['overall']):>12}")
-        lines.append(f"  ClnAcc {_fmt(s['cln_acc'])} (n={s['n_clean']})   ImpAcc {_fmt(s['imp_acc'])} "
-                     f"(pairs={s['imp_pairs']}, buckets={s['imp_buckets']})   DescCos {_fmt(s['desc_cos'])} "
-                     f"(pairs={s['desc_pairs']})")
+        if s.get("protocol") == "sdg-release":
+            lines.append(f"  ClnAcc {_fmt(s['cln_acc'])} (n={s['n_clean']})   ImpAcc n/a (not in the released "
+                         f"evaluator)   DescCos@{s['desc_iou_threshold']:g} {_fmt(s['desc_cos'])} "
+                         f"(pairs={s['desc_pairs']}; token F1 {_fmt(s['desc_token_f1'])})   "
+                         f"parse failures {s['n_parse_failures']}")
+        else:
+            lines.append(f"  ClnAcc {_fmt(s['cln_acc'])} (n={s['n_clean']})   ImpAcc {_fmt(s['imp_acc'])} "
+                         f"(pairs={s['imp_pairs']}, buckets={s['imp_buckets']})   DescCos {_fmt(s['desc_cos'])} "
+                         f"(pairs={s['desc_pairs']})")
     return "\n".join(lines)
 
 
@@ -365,9 +392,14 @@ def add_parser(subparsers) -> None:
                                       "a JSON object filename -> prompt, or TSV filename<TAB>prompt")
     p.add_argument("--score-range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
                    help="RichHF: the scale the file's scores are on, rescaled to [0, 1] (default: 0 1; e.g. 1 5)")
-    p.add_argument("--matching", choices=MATCHINGS, default="hungarian",
-                   help="box matching: hungarian on 1-DIoU (paper) or greedy by IoU (released evaluator)")
-    p.add_argument("--embed-model", help="sentence-transformers model for DescCos (optional dependency)")
+    p.add_argument("--protocol", choices=("auto",) + SDG_PROTOCOLS, default="auto",
+                   help="SDG-Eval protocol: sdg-release (the SDG authors' released evaluator; default for SDG-30K "
+                        "ground truth) or pixel (parsed diagnoses in pixels, --matching; default otherwise)")
+    p.add_argument("--matching", choices=MATCHINGS, default=None,
+                   help="box matching of the pixel protocol: hungarian on 1-DIoU (default) or greedy by IoU")
+    p.add_argument("--embed-model", help="text encoder for DescCos: with sdg-release a transformers model mean-pooled "
+                                         "as the released evaluator does (it uses Qwen/Qwen3-Embedding-0.6B); with "
+                                         "pixel a sentence-transformers model (optional dependency)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--out", help="also write the JSON result to this file")
     p.add_argument("--save-pred", help="with --model: write the predictions as JSONL here")
@@ -417,15 +449,23 @@ def run(args) -> int:
         if info.get("format") == "richhf" and skipped.get("invalid") and args.score_range is None:
             hint += "; if the scores are on another scale than [0, 1], pass --score-range LOW HIGH"
         raise ValueError("no ground-truth samples to evaluate" + hint)
-    embed = None
-    if args.embed_model:
-        from .metrics import sentence_transformer_embedder
-
-        embed = sentence_transformer_embedder(args.embed_model)
     sections = None
     if info["format"] == "richhf" or info.get("sources") == ["richhf-18k"]:
         sections = ["scores", "heatmaps"]  # RichHF has no boxes
-    result = evaluate(paired, gts, matching=args.matching, embed=embed, sections=sections)
+    protocol = args.protocol
+    if protocol == "auto":
+        protocol = "sdg-release" if info["format"] == "sdg" or info.get("sources") == ["sdg-30k"] else "pixel"
+    if protocol == "sdg-release" and args.matching is not None:
+        raise ValueError("--matching applies to --protocol pixel; the sdg-release protocol always matches greedily "
+                         "by IoU as the released evaluator does")
+    embed = None
+    if args.embed_model:
+        from .metrics import mean_pool_embedder, sentence_transformer_embedder
+
+        # The released evaluator mean-pools a transformers encoder (Qwen3-Embedding-0.6B).
+        embed = (mean_pool_embedder if protocol == "sdg-release" else sentence_transformer_embedder)(args.embed_model)
+    result = evaluate(paired, gts, matching=args.matching or "hungarian", embed=embed, sections=sections,
+                      protocol=protocol)
     result["ground_truth"] = info
     result["pairing"] = pairing
     result = to_jsonable(result)

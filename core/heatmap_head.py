@@ -196,7 +196,12 @@ class TwoWayTransformer(nn.Module):
 
 
 class PositionEmbeddingRandom(nn.Module):
-    """Random-Fourier positional encoding of a (h, w) grid -> [E, h, w] (SAM's)."""
+    """Random-Fourier positional encoding of a (h, w) grid -> [E, h, w] (SAM's).
+
+    Every step runs in the buffer's dtype, as in the checkpoint's own code: in bf16 the grid,
+    the matmul and sin/cos round at bf16 (computing in fp32 and casting would move the map by
+    up to ~0.2, and the decoder was trained on the bf16 one).
+    """
 
     def __init__(self, num_pos_feats: int):
         super().__init__()
@@ -205,12 +210,12 @@ class PositionEmbeddingRandom(nn.Module):
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
         h, w = size
         m = self.positional_encoding_gaussian_matrix
-        grid = torch.ones((h, w), device=m.device, dtype=torch.float32)
+        grid = torch.ones((h, w), device=m.device, dtype=m.dtype)
         y = (grid.cumsum(dim=0) - 0.5) / h
         x = (grid.cumsum(dim=1) - 0.5) / w
-        coords = (2 * torch.stack([x, y], dim=-1) - 1) @ m.float()
+        coords = (2 * torch.stack([x, y], dim=-1) - 1) @ m
         coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).permute(2, 0, 1).to(m.dtype)
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).permute(2, 0, 1)
 
 
 class PromptEncoder(nn.Module):

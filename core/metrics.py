@@ -4,8 +4,10 @@
 - `heatmap_metrics`: MSE, CC, KLD, SIM, NSS, AUC-Judd over a batch of heatmaps (RichHF authors'
   conventions; sources in docs/provenance.md).
 - `sdg_eval`: BoxF1@0.1 / BoxF1@0.5 per label and overall, DetTypeF1, ClnAcc, ImpAcc and DescCos
-  over a data set of `Diagnosis` objects (SDG-Eval), with Hungarian-on-(1 - DIoU) or greedy-IoU
-  matching.
+  over a data set (SDG-Eval). Two protocols: ``"sdg-release"`` reproduces the SDG authors' released
+  evaluator number for number (raw model outputs, greedy IoU matching, its parsing and its
+  definitions; `sdg_eval_release`); ``"pixel"`` evaluates parsed `Diagnosis` objects in pixels
+  with Hungarian-on-(1 - DIoU) (the paper's description) or greedy-IoU matching.
 
 Conventions shared by all functions:
 
@@ -18,7 +20,10 @@ Conventions shared by all functions:
 
 from __future__ import annotations
 
+import ast
+import json
 import math
+import re
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -40,6 +45,7 @@ SDG5_BUCKETS = (("negligible", 1, 14), ("minor", 15, 39), ("moderate", 40, 69), 
                 ("critical", 90, 100))
 
 MATCHINGS = ("hungarian", "greedy")
+SDG_PROTOCOLS = ("sdg-release", "pixel")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,8 +397,14 @@ def sdg_eval(
     attr_threshold: float = 0.1,
     embed: Callable[[list[str]], np.ndarray] | None = None,
     buckets: str | Sequence = "three",
+    protocol: str = "pixel",
+    desc_iou_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """SDG-Eval over a data set of N images.
+
+    ``protocol="sdg-release"`` delegates to `sdg_eval_release` (the released evaluator's numbers;
+    ``thresholds``, ``embed`` and ``desc_iou_threshold`` apply, ``matching``/``attr_threshold``/
+    ``buckets`` do not). The rest of this docstring is the ``"pixel"`` protocol.
 
     ``pred[i]`` and ``gt[i]`` are `Diagnosis` objects (or lists of `Defect`) for the same image,
     with boxes in the same pixel frame. ``pred[i] = None`` is a missing prediction: it is
@@ -410,6 +422,10 @@ def sdg_eval(
     - ``desc_cos``: when ``embed`` (list of strings -> (n, d) array) is given, the mean cosine
       similarity of the embedded descriptions of the same matches.
     """
+    if protocol not in SDG_PROTOCOLS:
+        raise ValueError(f"unknown SDG-Eval protocol {protocol!r}; use one of {list(SDG_PROTOCOLS)}")
+    if protocol == "sdg-release":
+        return sdg_eval_release(pred, gt, thresholds=thresholds, desc_iou_threshold=desc_iou_threshold, embed=embed)
     if matching not in MATCHINGS:
         raise ValueError(f"unknown matching {matching!r}; use one of {list(MATCHINGS)}")
     if len(pred) != len(gt):
@@ -463,6 +479,7 @@ def sdg_eval(
     det_per = {lab: _f1(*det[lab]) for lab in LABELS}
     imp_hits = sum(impacc_bucket(a, buckets) == impacc_bucket(b, buckets) for a, b in imp_pairs)
     result: dict[str, Any] = {
+        "protocol": "pixel",
         "matching": matching,
         "n_images": len(gt),
         "n_missing": n_missing,
@@ -511,5 +528,345 @@ def sentence_transformer_embedder(model_name: str = "sentence-transformers/all-M
 
     def embed(texts: list[str]) -> np.ndarray:
         return np.asarray(model.encode(list(texts), convert_to_numpy=True))
+
+    return embed
+
+
+# ----------------------------------------------------------------------------------------------
+# SDG-Eval as released (protocol "sdg-release")
+# ----------------------------------------------------------------------------------------------
+#: Labels the released evaluator reports per label (others are pooled into "overall" only).
+RELEASE_LABELS = ("artifact", "misalignment")
+_RELEASE_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
+_RELEASE_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S)
+
+
+def _release_items(text: str) -> list[dict] | None:
+    """A JSON (else Python-literal) list, keeping dicts with ``box_2d`` and ``label``; a non-list
+    value is an empty list; None when neither parser reads it; an empty text is an empty list."""
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = ast.literal_eval(text)
+        except Exception:  # literal_eval raises many types on arbitrary text
+            return None
+    if not isinstance(data, list):
+        return []
+    return [b for b in data if isinstance(b, dict) and "box_2d" in b and "label" in b]
+
+
+def sdg_release_parse(response: Any) -> list[dict] | None:
+    """Defect items of a raw SDG response, read as the released evaluator reads them; None = parse
+    failure (scored as "predicted clean").
+
+    Tried in order: the first ``<answer>`` block (a ```` ``` ```` fence inside it stripped), the first
+    ```` ``` ```` block of the response, the whole response when it starts with ``[``. Boxes are kept as
+    written: reversed, zero-area and out-of-range boxes stay, nothing is clamped or reordered, and
+    labels and importance are not normalised.
+    """
+    if not response or not isinstance(response, str):
+        return None
+    m = _RELEASE_ANSWER.search(response)
+    if m:
+        body = m.group(1).strip()
+        fence = _RELEASE_FENCE.search(body)
+        items = _release_items(fence.group(1).strip() if fence else body)
+        if items is not None:
+            return items
+    fence = _RELEASE_FENCE.search(response)
+    if fence:
+        items = _release_items(fence.group(1).strip())
+        if items is not None:
+            return items
+    stripped = response.strip()
+    if stripped.startswith("["):
+        return _release_items(stripped)
+    return None
+
+
+def _is_box(box: Any) -> bool:
+    return isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+
+
+def release_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU on raw coordinates: areas not clamped (a reversed box has a signed area), 0 when the
+    union is <= 0."""
+    inter = max(0, min(a[3], b[3]) - max(a[1], b[1])) * max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def release_labels_match(pred_label: Any, gt_label: Any) -> bool:
+    """Equal labels match; "both" on one side matches "artifact" or "misalignment" on the other."""
+    if pred_label == gt_label:
+        return True
+    return (pred_label == "both" and gt_label in RELEASE_LABELS) or (gt_label == "both" and pred_label in RELEASE_LABELS)
+
+
+def release_match(gt: Sequence[dict], pred: Sequence[dict], threshold: float) -> tuple[list[tuple[int, int, float]],
+                                                                                        list[int], list[int]]:
+    """Greedy one-to-one matching: all (IoU, pred index, GT index) with IoU >= ``threshold``, taken
+    in descending order of that triple (equal IoUs: higher prediction index first, then higher GT
+    index) when both are free and `release_labels_match`; a label mismatch skips the pair and
+    leaves both free. A box that is not 4 numbers matches nothing. Returns (matches as
+    (pred, gt, iou), unmatched pred indices, unmatched GT indices).
+    """
+    triples = []
+    for pi, p in enumerate(pred):
+        for gi, g in enumerate(gt):
+            if _is_box(p.get("box_2d")) and _is_box(g.get("box_2d")):
+                value = release_iou(p["box_2d"], g["box_2d"])
+                if value >= threshold:
+                    triples.append((value, pi, gi))
+    triples.sort(reverse=True)
+    used_p, used_g, matches = set(), set(), []
+    for value, pi, gi in triples:
+        if pi in used_p or gi in used_g:
+            continue
+        if release_labels_match(pred[pi].get("label", ""), gt[gi].get("label", "")):
+            used_p.add(pi)
+            used_g.add(gi)
+            matches.append((pi, gi, float(value)))
+    unmatched_p = [i for i, p in enumerate(pred) if "box_2d" in p and i not in used_p]
+    unmatched_g = [i for i, g in enumerate(gt) if "box_2d" in g and i not in used_g]
+    return matches, unmatched_p, unmatched_g
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, Any]:
+    """Precision, recall and F1 = 2PR/(P+R), each 0 when undefined (the released convention)."""
+    p = tp / (tp + fp) if tp + fp > 0 else 0.0
+    r = tp / (tp + fn) if tp + fn > 0 else 0.0
+    f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return {"precision": p, "recall": r, "f1": f1, "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+
+
+def desc_token_f1(gt_desc: Any, pred_desc: Any) -> float:
+    """The released evaluator's zero-dependency description similarity: token F1 after lower-casing
+    and dropping tags and non-alphanumerics (both empty: 1; one empty: 0)."""
+    def tokens(text: Any) -> list[str]:
+        if not isinstance(text, str):
+            return []
+        text = re.sub(r"<[^>]+>", " ", text.lower().strip())
+        return re.sub(r"\s+", " ", re.sub(r"[^a-z0-9\s]+", " ", text)).strip().split()
+
+    g, p = tokens(gt_desc), tokens(pred_desc)
+    if not g and not p:
+        return 1.0
+    if not g or not p:
+        return 0.0
+    from collections import Counter
+
+    gc, pc = Counter(g), Counter(p)
+    overlap = sum(min(gc[t], pc[t]) for t in gc.keys() & pc.keys())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(p), overlap / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _snap_norm(v: float) -> float:
+    r = round(v)
+    return float(r) if abs(v - r) < 1e-6 else float(v)
+
+
+def diagnosis_to_sdg_items(d: Diagnosis) -> list[dict]:
+    """A `Diagnosis`' defects as SDG items in the 0-1000 ``[x0, y0, x1, y1]`` frame (values within
+    1e-6 of an integer are snapped, undoing the pixel round trip of integer ground truth)."""
+    from .geometry import Frame
+
+    frame = Frame.norm1000()
+    return [{"box_2d": [_snap_norm(v) for v in frame.from_pixels(x.box, d.width, d.height)], "label": x.label,
+             "description": x.reason, "importance": x.importance} for x in d.defects]
+
+
+def _release_pred(p: Any, i: int) -> list[dict] | None:
+    if p is None or isinstance(p, str):
+        return sdg_release_parse(p)
+    if isinstance(p, Diagnosis):
+        if p.format == "sdg" and p.raw_text:
+            return sdg_release_parse(p.raw_text)
+        return diagnosis_to_sdg_items(p)
+    if isinstance(p, list) and all(isinstance(x, dict) for x in p):
+        return [x for x in p if "box_2d" in x and "label" in x]
+    raise ValueError(f"pred[{i}]: the sdg-release protocol takes a raw response string, a Diagnosis or a list of "
+                     f"SDG item dicts, got {type(p).__name__}")
+
+
+def _release_gt(g: Any, i: int) -> list[dict]:
+    if isinstance(g, Diagnosis):
+        return diagnosis_to_sdg_items(g)
+    if isinstance(g, list) and all(isinstance(x, dict) for x in g):
+        return list(g)
+    raise ValueError(f"gt[{i}]: the sdg-release protocol takes a Diagnosis or a list of SDG item dicts "
+                     f"(box_2d, label, description), got {type(g).__name__}")
+
+
+def sdg_eval_release(
+    pred: Sequence[Any],
+    gt: Sequence[Any],
+    thresholds: Sequence[float] = (0.1, 0.5),
+    desc_iou_threshold: float = 0.5,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """SDG-Eval exactly as the SDG authors' released evaluator computes it.
+
+    ``pred[i]``: the raw response text (parsed by `sdg_release_parse`), a `Diagnosis` (its raw text
+    when it is an SDG output, else its defects in 0-1000), a list of item dicts, or None (missing:
+    a parse failure). ``gt[i]``: a list of item dicts (``box_2d`` in the same frame and order as
+    the predictions, ``label``, ``description``) or a ground-truth `Diagnosis` (converted to
+    0-1000 ``[x0, y0, x1, y1]``). A parse failure counts as "predicted clean".
+
+    - ``box_f1[t]``: `release_match` at IoU t per image; a match is a TP under its GT label, an
+      unmatched prediction an FP under its own label, an unmatched GT box an FN under its label;
+      per label (artifact, misalignment) and ``overall`` pooled over all labels; P, R, F1 each 0
+      when undefined.
+    - ``det_type_f1``: per label, image level: an image "has" label L when any of its boxes is L or
+      "both" (GT and prediction alike). ``overall`` is the image-level any-defect F1.
+    - ``cln_acc``: TN / (TN + FP) of the image-level any-defect table (nan without clean GT images).
+    - ``desc_cos``: `release_match` at ``desc_iou_threshold``; mean over all matched pairs of the
+      cosine of L2-normalised ``embed`` vectors of the two descriptions (``description``, else
+      ``desc``, non-strings as ""); 0 without pairs, nan without ``embed``. ``desc_token_f1``: the
+      same pairs scored with `desc_token_f1`.
+    - ``imp_acc`` is nan: the released evaluator has no ImpAcc.
+    """
+    if len(pred) != len(gt):
+        raise ValueError(f"pred has {len(pred)} images but gt has {len(gt)}; pass the same images in the same order")
+    thresholds = [float(t) for t in thresholds]
+    for t in thresholds + [float(desc_iou_threshold)]:
+        if not 0.0 < t <= 1.0:
+            raise ValueError(f"IoU thresholds must be in (0, 1], got {t}")
+    preds, gts = [], []
+    n_missing = n_fail = 0
+    for i, (p, g) in enumerate(zip(pred, gt)):
+        if g is None:
+            raise ValueError(f"gt[{i}] is None; every image needs ground truth (an empty list means clean)")
+        n_missing += p is None
+        items = _release_pred(p, i)
+        n_fail += items is None
+        preds.append(items)
+        gts.append(_release_gt(g, i))
+    malformed = sum(1 for items in preds + gts for x in (items or []) if "box_2d" in x and not _is_box(x["box_2d"]))
+
+    box_f1 = {}
+    for t in thresholds:
+        per: dict[Any, list[int]] = {}
+        for items, g in zip(preds, gts):
+            p = items or []
+            matches, up, ug = release_match(g, p, t)
+            for _, gi, _ in matches:
+                per.setdefault(_key(g[gi].get("label", "")), [0, 0, 0])[0] += 1
+            for pi in up:
+                per.setdefault(_key(p[pi].get("label", "unknown")), [0, 0, 0])[1] += 1
+            for gi in ug:
+                per.setdefault(_key(g[gi].get("label", "unknown")), [0, 0, 0])[2] += 1
+        total = [sum(c[k] for c in per.values()) for k in range(3)]
+        box_f1[f"{t:g}"] = {"per_label": {lab: _prf(*per.get(lab, [0, 0, 0])) for lab in RELEASE_LABELS},
+                            "overall": _prf(*total)}
+
+    def has(items: list[dict] | None, label: str | None) -> bool:
+        if items is None:
+            return False
+        if label is None:
+            return len(items) > 0
+        return any(x.get("label") == label or x.get("label") == "both" for x in items)
+
+    def table(label: str | None) -> dict[str, Any]:
+        tp = fp = fn = tn = 0
+        for items, g in zip(preds, gts):
+            gh, ph = has(g, label), has(items, label)
+            tp += gh and ph
+            fn += gh and not ph
+            fp += ph and not gh
+            tn += not gh and not ph
+        out = _prf(tp, fp, fn)
+        out["tn"] = int(tn)
+        out["accuracy"] = (tp + tn) / (tp + fp + fn + tn) if preds else 0.0
+        return out
+
+    image_level = table(None)
+    det = {lab: table(lab) for lab in RELEASE_LABELS}
+    n_clean = image_level["tn"] + image_level["fp"]
+
+    sims_tok, pairs = [], []
+    for items, g in zip(preds, gts):
+        p = items or []
+        for pi, gi, _ in release_match(g, p, float(desc_iou_threshold))[0]:
+            gd = g[gi].get("description", "") or g[gi].get("desc", "")
+            pd = p[pi].get("description", "") or p[pi].get("desc", "")
+            gd, pd = (gd if isinstance(gd, str) else ""), (pd if isinstance(pd, str) else "")
+            pairs.append((gd, pd))
+            sims_tok.append(desc_token_f1(gd, pd))
+    desc = float("nan")
+    if embed is not None:
+        desc = 0.0
+        if pairs:
+            texts = sorted({t for pair in pairs for t in pair})
+            vecs = np.asarray(embed(texts), dtype=np.float64)
+            if vecs.ndim != 2 or vecs.shape[0] != len(texts):
+                raise ValueError(f"embed must return an (n, d) array for n={len(texts)} strings, got shape {vecs.shape}")
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            row = {t: vecs[k] for k, t in enumerate(texts)}
+            desc = float(np.mean([float(np.dot(row[a], row[b])) for a, b in pairs]))
+    return {
+        "protocol": "sdg-release",
+        "matching": "greedy IoU, labels equal or 'both' (released evaluator)",
+        "n_images": len(gts),
+        "n_missing": int(n_missing),
+        "n_parse_failures": int(n_fail),
+        "n_malformed_boxes": int(malformed),
+        "box_f1": box_f1,
+        "det_type_f1": {"per_label": det, "overall": image_level["f1"]},
+        "image_level": image_level,
+        "cln_acc": image_level["tn"] / n_clean if n_clean else float("nan"),
+        "n_clean": int(n_clean),
+        "imp_acc": float("nan"),
+        "imp_pairs": 0,
+        "imp_skipped": 0,
+        "imp_buckets": None,
+        "desc_iou_threshold": float(desc_iou_threshold),
+        "desc_cos": desc,
+        "desc_pairs": len(pairs),
+        "desc_token_f1": float(np.mean(sims_tok)) if sims_tok else 0.0,
+    }
+
+
+def _key(label: Any) -> Any:
+    """Labels index the per-label counts as written (unhashable ones by their text)."""
+    try:
+        hash(label)
+        return label
+    except TypeError:
+        return str(label)
+
+
+def mean_pool_embedder(model_name: str = "Qwen/Qwen3-Embedding-0.6B", max_length: int = 256, batch_size: int = 32,
+                       device: str | None = None) -> Callable[[list[str]], np.ndarray]:
+    """An ``embed`` function as the SDG authors' evaluator and GRPO reward compute DescCos: a
+    transformers encoder's last hidden states mean-pooled over the attention mask (texts truncated
+    to ``max_length`` tokens), L2-normalised. ``model_name`` is a local folder or a cached hub id
+    (fp16 on CUDA, fp32 on CPU)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    model = AutoModel.from_pretrained(model_name, dtype=torch.float16 if str(device).startswith("cuda")
+                                      else torch.float32).to(device).eval()
+
+    @torch.no_grad()
+    def embed(texts: list[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt").to(device)
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     return embed

@@ -49,7 +49,14 @@ def _corpus(seed: int) -> list[str]:
 
     rng = random.Random(seed)
     words = "red green blue yellow circle square triangle left right above below two three one a the of".split()
-    lines = [IMAGEDOCTOR_PROMPT, IMAGEDOCTOR_FAST_PROMPT, SDG_PROMPT]
+
+    def pinned(text: str) -> str:
+        # The vocabulary stays the one first trained (before the inference prompt regained its
+        # upstream backslash and the slot was renamed), so prompt fixes do not re-draw the tiny
+        # random models that the seed-sensitive learning tests are built on.
+        return text.replace("\\\u201d", "\u201d").replace("{caption}", "{prompt}")
+
+    lines = [pinned(IMAGEDOCTOR_PROMPT), pinned(IMAGEDOCTOR_FAST_PROMPT), SDG_PROMPT]
     for _ in range(200):
         lines.append(" ".join(rng.choice(words) for _ in range(8)))
         lines.append(

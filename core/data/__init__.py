@@ -3,7 +3,7 @@
 - `load_project_dataset` / `write_project_dataset`: the project format (``data.jsonl`` + images
   + heatmap PNGs) that every reader converts to and the trainers read.
 - `read_richhf`: RichHF-18K TFRecords (no TensorFlow needed) joined to Pick-a-Pic images.
-- `read_sdg30k`: SDG-30K annotation JSONL (Gemini yxyx 0-1000 boxes) as pixel ground truth.
+- `read_sdg30k`: SDG-30K annotation JSONL (0-1000 boxes; xyxy or Gemini yxyx by field) as pixel ground truth.
 """
 
 from .project import (

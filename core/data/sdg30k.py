@@ -2,15 +2,21 @@
 
 One JSON object per line. Field names vary between releases, so the reader accepts:
 
-- image: ``image`` | ``image_path`` | ``file_name`` | ``filename`` (relative to ``images_dir``);
+- image: ``image`` | ``image_path`` | ``file_name`` | ``filename`` | ``filepath`` (relative to
+  ``images_dir``);
 - prompt: ``prompt`` | ``caption`` | ``text``;
-- defects: ``defects`` | ``annotations`` | ``annotation`` | ``answer`` | ``gt`` -- a list of
-  ``{"box_2d": [y0, x0, y1, x1], "label", "description", "importance"}`` (Gemini order, 0-1000)
-  or the SDG answer text (``<answer>[...]</answer>``) holding that list;
+- defects: ``ann_translated_bboxes`` (the released evaluator's ground truth, ``box_2d`` in
+  ``[x0, y0, x1, y1]`` order) or ``defects`` | ``annotations`` | ``annotation`` | ``answer`` |
+  ``gt`` (``box_2d`` in Gemini's ``[y0, x0, y1, x1]`` order) -- a list of ``{"box_2d", "label",
+  "description", "importance"}`` with 0-1000 coordinates, or the SDG answer text
+  (``<answer>[...]</answer>``) holding that list. ``box_order`` overrides the order;
 - size: ``width`` / ``height`` if present, else read from the image file header, else
   ``default_size`` (e.g. ``(1000, 1000)`` to keep the normalised frame) or the sample is skipped.
 
-Boxes are converted to xyxy pixels with `Frame.norm1000("yxyx")`. A sample with any unreadable
+Why two orders: the SDG authors' evaluator (which produced the published SDG-Eval numbers) reads
+``ann_translated_bboxes`` as ``[x0, y0, x1, y1]``, as their annotation scripts write it, while their
+GRPO reward and inference scripts treat the Gemini-distilled fields as ``[y0, x0, y1, x1]``
+(docs/fidelity.md). Boxes are converted to xyxy pixels. A sample with any unreadable
 defect (bad box, unknown label, importance outside 1-100, empty box) is skipped as a whole
 (never half-read), counted, and warned about; ``strict`` raises instead.
 """
@@ -26,9 +32,12 @@ from ..formats.sdg import _load_list, defects_from_items
 from ..geometry import Frame
 from .project import DatasetError, LoadReport, Sample
 
-IMAGE_KEYS = ("image", "image_path", "file_name", "filename")
+IMAGE_KEYS = ("image", "image_path", "file_name", "filename", "filepath")
 PROMPT_KEYS = ("prompt", "caption", "text")
-DEFECT_KEYS = ("defects", "annotations", "annotation", "answer", "gt")
+DEFECT_KEYS = ("ann_translated_bboxes", "defects", "annotations", "annotation", "answer", "gt")
+#: Box order of each defect field (``auto``); other fields hold Gemini's yxyx.
+FIELD_BOX_ORDER = {"ann_translated_bboxes": "xyxy"}
+BOX_ORDERS = ("auto", "xyxy", "yxyx")
 KNOWN_FIELDS = frozenset(IMAGE_KEYS + PROMPT_KEYS + DEFECT_KEYS + ("id", "width", "height", "model", "source",
                                                                    "generator", "split"))
 
@@ -52,12 +61,15 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 def read_sdg30k(jsonl: str | Path, images_dir: str | Path | None = None, strict: bool = False,
                 default_size: tuple[int, int] | None = None, require_image: bool | None = None,
-                report: LoadReport | None = None) -> Iterator[Sample]:
+                report: LoadReport | None = None, box_order: str = "auto") -> Iterator[Sample]:
     """Yield `Sample` s with `Diagnosis` ground truth in pixels from an SDG-30K JSONL file.
 
     ``require_image`` (default: True when ``images_dir`` is given) skips samples whose image
-    file is missing. Sample ids are the record's ``id`` or ``sdg-<line number>``.
+    file is missing. ``box_order``: ``auto`` (by field, see the module docstring), ``xyxy`` or
+    ``yxyx``. Sample ids are the record's ``id`` or ``sdg-<line number>``.
     """
+    if box_order not in BOX_ORDERS:
+        raise ValueError(f"box_order must be one of {list(BOX_ORDERS)}, got {box_order!r}")
     jsonl = Path(jsonl)
     if not jsonl.is_file():
         raise FileNotFoundError(f"SDG-30K annotation file {jsonl} does not exist")
@@ -65,7 +77,6 @@ def read_sdg30k(jsonl: str | Path, images_dir: str | Path | None = None, strict:
     if require_image is None:
         require_image = images_dir is not None
     report = report if report is not None else LoadReport()
-    frame = Frame.norm1000("yxyx")
     with open(jsonl, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -101,7 +112,8 @@ def read_sdg30k(jsonl: str | Path, images_dir: str | Path | None = None, strict:
                     if imp is not None and (isinstance(imp, bool) or not isinstance(imp, (int, float))
                                             or not 1 <= imp <= 100):
                         raise DatasetError(f"{where}: defect {k} importance {imp!r} is outside 1-100")
-                defects = defects_from_items(items, size[0], size[1], frame, problems)
+                order = FIELD_BOX_ORDER.get(dkey, "yxyx") if box_order == "auto" else box_order
+                defects = defects_from_items(items, size[0], size[1], Frame.norm1000(order), problems)
                 if problems:
                     raise DatasetError(f"{where}: " + "; ".join(problems))
                 diag = Diagnosis(width=size[0], height=size[1], defects=defects, prompt=str(prompt),

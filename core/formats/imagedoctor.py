@@ -1,6 +1,6 @@
 """The ImageDoctor output format (look-think-predict).
 
-Shape of a model output (sources: docs/provenance.md)::
+Shape of a model output (the upstream ImageDoctor prompt; sources: docs/provenance.md, docs/fidelity.md)::
 
     <think>... I need to focus on the bounding box area. Proposed regions (xyxy):
     1.[x1,y1,x2,y2];

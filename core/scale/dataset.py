@@ -174,23 +174,46 @@ def model_identity(model: str) -> tuple[str, str]:
     return fmt or "imagedoctor", h.hexdigest()
 
 
-def resolve_image_area(image_area, fmt: str) -> int | None:
-    """The resize policy the decode step applies (the one `Diagnoser.diagnose` would apply)."""
-    from ..prompts import IMAGEDOCTOR_IMAGE_AREA
+def resolve_image_area(model: str, image_area, fmt: str, think: bool = True):
+    """The resize policy (`ImagePolicy`) the decode step applies: the one `Diagnoser.diagnose` would
+    apply. ``image_area`` if not "auto"; else the checkpoint's config.json (``imagedoctor_image_area``,
+    else its ``imagedoctor_prompt_variant``'s policy); else the format's default prompt variant's
+    (``think=False``: the score-only variant's, 512x512 for ImageDoctor)."""
+    from ..diagnoser import _resolve_folder
+    from ..prompts import ImagePolicy, get_variant, resolve_image_policy, resolve_variant
 
-    if image_area == "auto":
-        return IMAGEDOCTOR_IMAGE_AREA if fmt == "imagedoctor" else None
-    return None if image_area is None else int(image_area)
+    if image_area != "auto":
+        return ImagePolicy.from_area(None if image_area is None else int(image_area))
+    config_path = _resolve_folder(model, local_files_only=True) / "config.json"
+    cfg = json.loads(config_path.read_text()) if config_path.is_file() else {}  # an adapter: its base decides
+    variant = cfg.get("imagedoctor_prompt_variant") if think else None
+    if variant is not None and get_variant(variant).format != fmt:
+        variant = None  # Diagnoser.from_pretrained ignores a variant of another format too
+    return resolve_image_policy(resolve_variant(fmt, think, variant), "auto", cfg.get("imagedoctor_image_area", "auto"))
 
 
-def job_record(cfg: DiagnoseDatasetConfig, manifest: Manifest, fmt: str, model_sha: str, area: int | None) -> dict:
+def policy_record(policy) -> int | None | dict:
+    """JSON form of an image policy in the job record: a pixel count (aspect kept, bicubic), None
+    (unchanged), or the policy's fields; earlier job records (pixel count or None) still match."""
+    import dataclasses
+
+    if policy is None or isinstance(policy, int):
+        return policy
+    if policy.kind == "keep":
+        return None
+    if policy.kind == "area" and policy.resample == "bicubic":
+        return policy.area
+    return dataclasses.asdict(policy)
+
+
+def job_record(cfg: DiagnoseDatasetConfig, manifest: Manifest, fmt: str, model_sha: str, area) -> dict:
     """Everything that decides the output's content; a rerun must match it to resume."""
     job = {
         "schema": SCHEMA_ID, "input_format": manifest.format, "n_rows": len(manifest),
         "input_sha256": manifest.fingerprint(), "image_column": cfg.image_column, "model": cfg.model,
         "model_sha256": model_sha, "format": fmt, "dtype": cfg.dtype, "max_new_tokens": cfg.max_new_tokens,
         "min_new_tokens": cfg.min_new_tokens,
-        "think": cfg.think, "image_area": area, "heatmaps": cfg.heatmaps, "batch_size": cfg.batch_size,
+        "think": cfg.think, "image_area": policy_record(area), "heatmaps": cfg.heatmaps, "batch_size": cfg.batch_size,
         "shard_size": cfg.shard_size,
     }
     job["fingerprint"] = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:32]
@@ -231,7 +254,7 @@ def _worker_kwargs(cfg: DiagnoseDatasetConfig) -> dict[str, Any]:
                 min_new_tokens=cfg.min_new_tokens, think=cfg.think, heatmaps=cfg.heatmaps)
 
 
-def run_local(cfg: DiagnoseDatasetConfig, manifest: Manifest, pending: list[int], area: int | None,
+def run_local(cfg: DiagnoseDatasetConfig, manifest: Manifest, pending: list[int], area,
               collector: ShardCollector) -> int:
     """One process: decode group i+1 in a thread while the model diagnoses group i."""
     worker = GroupDiagnoser(device=cfg.device, **_worker_kwargs(cfg))
@@ -294,7 +317,7 @@ def _map_diagnoser(ray, ds, kwargs: dict, retries: int):
         return ds.map_batches(GroupDiagnoser, **kwargs)
 
 
-def run_ray(cfg: DiagnoseDatasetConfig, manifest: Manifest, pending: list[int], area: int | None,
+def run_ray(cfg: DiagnoseDatasetConfig, manifest: Manifest, pending: list[int], area,
             collector: ShardCollector) -> int:
     """Ray Data: from_arrow(groups) -> map_batches(decode) tasks -> map_batches(GroupDiagnoser) actors -> driver."""
     ray = _import_ray()
@@ -341,7 +364,7 @@ def diagnose_dataset(cfg: DiagnoseDatasetConfig, manifest: Manifest | None = Non
     manifest = manifest if manifest is not None else read_manifest(
         cfg.input, cfg.format, cfg.prompts, cfg.prompt_column, cfg.image_column, cfg.id_column)
     fmt, model_sha = model_identity(cfg.model)
-    area = resolve_image_area(cfg.image_area, fmt)
+    area = resolve_image_area(cfg.model, cfg.image_area, fmt, cfg.think)
     store = ShardStore(cfg.out, job_record(cfg, manifest, fmt, model_sha, area), len(manifest), cfg.shard_size)
     store.open(overwrite=cfg.overwrite)
     done = store.done()

@@ -154,12 +154,15 @@ class BadImage(ValueError):
         self.size = size
 
 
-def decode_image(source, image_area: int | None):
-    """(RGB PIL image resized for the model, original (w, h)). Raises `BadImage` naming the problem."""
+def decode_image(source, image_area):
+    """(RGB PIL image resized for the model, original (w, h)). Raises `BadImage` naming the problem.
+
+    ``image_area``: an `ImagePolicy` (what `resolve_image_area` gives), or a pixel count (aspect
+    kept, bicubic) / None (unchanged)."""
     from PIL import Image
 
     from ..images import to_rgb
-    from ..prompts import resize_for_model
+    from ..prompts import ImagePolicy
 
     try:
         with Image.open(source) as im:
@@ -174,13 +177,12 @@ def decode_image(source, image_area: int | None):
         raise BadImage(f"image too small ({w}x{h}; each side needs at least {MIN_SIDE} px)", (w, h))
     if max(w, h) / min(w, h) > MAX_ASPECT:
         raise BadImage(f"image too thin ({w}x{h}; the aspect ratio must be at most {MAX_ASPECT})", (w, h))
-    size = resize_for_model(w, h, image_area)
-    if size != (w, h):  # the same call Diagnoser.build_inputs makes, so the model sees the same pixels
-        rgb = rgb.resize(size, Image.BICUBIC)
+    policy = image_area if isinstance(image_area, ImagePolicy) else ImagePolicy.from_area(image_area)
+    rgb = policy.apply(rgb)  # the same call Diagnoser.build_inputs makes, so the model sees the same pixels
     return rgb, (w, h)
 
 
-def decode_groups(batch, image_area: int | None, image_column: str = "image"):
+def decode_groups(batch, image_area, image_column: str = "image"):
     """`group_schema` table -> `decoded_schema` table (the CPU step). Never raises for a bad row."""
     pa = _pa()
     parquet = _ParquetImages(image_column)

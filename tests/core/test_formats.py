@@ -119,8 +119,8 @@ def test_render_parse_round_trip(d, fmt):
 
 
 def test_prompt_builders_keep_published_text():
-    p = build_prompt("  a cat ", "imagedoctor")
-    assert p.endswith("Text Caption: [a cat]") and "Proposed regions (xyxy)" in p
+    p = build_prompt("  a cat ", "imagedoctor")  # upstream inserts the caption as given
+    assert p.endswith("Text Caption: [  a cat ]") and "Proposed regions (xyxy)" in p
     s = build_prompt("a cat", "sdg")
     assert "Text Caption: a cat\n" in s and '"importance": N' in s and "{caption}" not in s
     with pytest.raises(ValueError, match="unknown format"):

@@ -33,7 +33,8 @@ def test_ground_truth_against_itself_is_perfect(synth_ds, capsys):
     assert out["heatmaps"]["artifact"]["mse"] == 0.0
     assert out["sdg"]["box_f1"]["0.5"]["overall"]["f1"] == pytest.approx(1.0)
     assert out["sdg"]["cln_acc"] == 1.0 and out["sdg"]["imp_acc"] == 1.0
-    assert out["sdg"]["matching"] == "hungarian"
+    assert out["sdg"]["matching"] == "hungarian" and out["protocols"] == {"scores": "plcc-srcc", "heatmaps": "richhf",
+                                                                          "sdg": "pixel"}
 
 
 def test_jsonl_predictions_with_missing_and_resized_samples(synth_ds, tmp_path, capsys):
@@ -103,6 +104,34 @@ def test_sdg_ground_truth(tmp_path, capsys):
     assert out["ground_truth"]["format"] == "sdg"
     assert out["sdg"]["box_f1"]["0.5"]["overall"]["f1"] == 1.0 and out["sdg"]["cln_acc"] == 1.0
     assert "scores" not in out and "heatmaps" not in out
+    assert out["sdg"]["protocol"] == out["protocols"]["sdg"] == "sdg-release"  # the default for SDG-30K
+    pixel = run_json(capsys, ["eval", "--pred", str(tmp_path / "pred.jsonl"), "--gt", str(tmp_path / "gt.jsonl"),
+                              "--protocol", "pixel", "--matching", "greedy"])
+    assert pixel["sdg"]["protocol"] == "pixel" and pixel["sdg"]["matching"] == "greedy"
+
+
+def test_released_evaluator_format_and_raw_responses(tmp_path, capsys):
+    """The released ground-truth layout (filepath, ann_translated_bboxes in xyxy) against saved raw outputs."""
+    gt = [{"filepath": "a.png", "caption": "p", "width": 200, "height": 100,
+           "ann_translated_bboxes": [{"box_2d": [0, 0, 10, 10], "label": "artifact", "description": "blur"}]},
+          {"filepath": "b.png", "caption": "p", "width": 200, "height": 100, "ann_translated_bboxes": []}]
+    (tmp_path / "gt.jsonl").write_text("\n".join(json.dumps(g) for g in gt) + "\n")
+    answers = ['<think>t</think><answer>[{"box_2d": [0, 0, 10, 20], "label": "artifact", "description": "a"}, '
+               '{"box_2d": [0, 0, 20, 10], "label": "artifact", "description": "b"}]</answer>', "no idea"]
+    pred = [{"id": f"sdg-{i + 1:06d}", **Diagnosis(width=200, height=100, format="sdg", raw_text=t).to_dict()}
+            for i, t in enumerate(answers)]
+    (tmp_path / "pred.jsonl").write_text("\n".join(json.dumps(p) for p in pred) + "\n")
+    argv = ["eval", "--pred", str(tmp_path / "pred.jsonl"), "--gt", str(tmp_path / "gt.jsonl")]
+    out = run_json(capsys, argv)
+    s = out["sdg"]
+    # two boxes tie at IoU 0.5 on the one GT box: one TP, one FP; the unparsable output is "clean"
+    assert s["protocol"] == "sdg-release" and s["n_parse_failures"] == 1
+    assert s["box_f1"]["0.5"]["overall"]["precision"] == 0.5 and s["box_f1"]["0.5"]["overall"]["recall"] == 1.0
+    assert s["cln_acc"] == 1.0 and s["imp_acc"] is None
+    assert cli_main(argv) == 0
+    assert "protocol: sdg-release" in capsys.readouterr().out
+    assert cli_main(argv + ["--matching", "greedy"]) == 2
+    assert "--matching applies to --protocol pixel" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -120,6 +120,19 @@ def test_sdg30k_yxyx_norm1000_to_pixels(tmp_path):
     assert s.id == "x1" and s.prompt == "a dog"
 
 
+def test_sdg30k_released_field_is_xyxy_and_order_can_be_forced(tmp_path):
+    rec = {"filepath": "a.png", "caption": "a dog", "width": 1000, "height": 500,
+           "ann_translated_bboxes": [{"box_2d": [100, 200, 300, 400], "label": "artifact", "description": "leg"}]}
+    path = tmp_path / "released.jsonl"
+    path.write_text(json.dumps(rec) + "\n")
+    (s,) = read_sdg30k(path)
+    assert s.diagnosis.defects[0].box == (100.0, 100.0, 300.0, 200.0)  # [x0, y0, x1, y1] as the evaluator reads it
+    (s,) = read_sdg30k(path, box_order="yxyx")
+    assert s.diagnosis.defects[0].box == (200.0, 50.0, 400.0, 150.0)
+    with pytest.raises(ValueError, match="box_order"):
+        list(read_sdg30k(path, box_order="xywh"))
+
+
 def test_sdg30k_answer_text_size_from_image_and_clean_samples(tmp_path):
     Image.new("RGB", (200, 100)).save(tmp_path / "b.png")
     lines = [

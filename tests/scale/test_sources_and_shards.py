@@ -201,3 +201,33 @@ def test_job_record_changes_with_what_changes_the_output(tmp_path):
     other = job_record(DiagnoseDatasetConfig(model="m", input=str(tmp_path), out="o", batch_size=4), m, "imagedoctor",
                        "sha", 4096)
     assert other["fingerprint"] != j["fingerprint"]
+
+
+@pytest.mark.parametrize("config,fmt,think,image_area,size,record", [
+    ({}, "imagedoctor", True, "auto", (782, 335), 512 * 512),             # inference: ~512², aspect kept
+    ({}, "imagedoctor", False, "auto", (512, 512), "fixed"),              # score-only scorer: 512x512
+    ({}, "sdg", True, "auto", (700, 300), None),                          # SDG detectors: the processor decides
+    ({"imagedoctor_prompt_variant": "sdg-reward"}, "sdg", True, "auto", (512, 512), "fixed"),
+    ({"imagedoctor_image_area": 4096}, "imagedoctor", True, "auto", (97, 41), 4096),
+    ({"imagedoctor_prompt_variant": "imagedoctor-grpo"}, "imagedoctor", True, 64 * 48, (84, 36), 64 * 48),
+])
+def test_decode_resizes_as_the_diagnoser_would(tmp_path, config, fmt, think, image_area, size, record):
+    """The decode step pre-resizes (the model then keeps the size): it must pick the same policy as
+    `Diagnoser.diagnose` for the checkpoint's config.json, format, think and image_area."""
+    from imagedoctor.core.diagnoser import Diagnoser
+    from imagedoctor.core.scale.dataset import policy_record, resolve_image_area
+    from imagedoctor.core.scale.work import decode_image
+
+    family = "qwen2_5_vl" if fmt == "imagedoctor" else "qwen3_vl"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": family, "imagedoctor_format": fmt, **config}))
+    policy = resolve_image_area(str(tmp_path), image_area, fmt, think)
+    dg = Diagnoser(None, None, family=family, format=fmt, task_token_ids={},
+                   prompt_variant=config.get("imagedoctor_prompt_variant"),
+                   image_area=config.get("imagedoctor_image_area", "auto"))
+    assert policy == dg.image_policy_for(dg.prompt_variant_for(fmt, think), image_area)
+    src = io.BytesIO(png_bytes(0, (700, 300)))
+    img, original = decode_image(src, policy)
+    assert original == (700, 300) and img.size == size
+    rec = policy_record(policy)
+    assert (rec["kind"] if isinstance(rec, dict) else rec) == record
+    json.dumps(rec)  # the job record stays JSON

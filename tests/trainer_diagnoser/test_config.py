@@ -33,6 +33,11 @@ def test_defaults_are_valid_and_documented():
     (GRPOConfig, {"stage": "scores", "rewards": {"heatmap": 1.0}}, "rewards"),
     (GRPOConfig, {"loss_type": "mean"}, "loss_type"),
     (GRPOConfig, {"temperature": 0.0}, "temperature"),
+    (GRPOConfig, {"reward_variant": "paper"}, "reward_variant"),
+    (GRPOConfig, {"prompt_variant": "sdg-grpo"}, "prompt_variant"),          # another format's variant
+    (SFTConfig, {"prompt_variant": "imagedoctor-fast"}, "prompt_variant"),   # pre-fills the answer
+    (SFTConfig, {"prompt_variant": "imagedoctor", "think": False}, "prompt_variant"),
+    (SFTConfig, {"max_steps": 100, "lr_schedule_steps": 50}, "lr_schedule_steps"),
 ])
 def test_bad_values_name_the_key(cls, kwargs, key):
     with pytest.raises(ConfigError, match=repr(key)):
@@ -49,3 +54,24 @@ def test_from_yaml_rejects_unknown_keys(tmp_path):
     assert cfg.max_steps == 7 and cfg.stage == "scores"
     with pytest.raises(ConfigError, match="missing.yaml.*does not exist"):
         SFTConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_shipped_paper_configs_load_and_validate():
+    import warnings
+    from pathlib import Path
+
+    import imagedoctor
+
+    folder = Path(imagedoctor.__file__).parent / "trainer" / "configs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a renamed (deprecated) key in a shipped config would warn every user
+        configs = {p.stem: GRPOConfig.from_yaml(p) for p in sorted(folder.glob("*_grpo_paper.yaml"))}
+    assert set(configs) == {"imagedoctor_grpo_paper", "sdg_detector_grpo_paper"}
+    doctor, sdg = configs["imagedoctor_grpo_paper"], configs["sdg_detector_grpo_paper"]
+    assert doctor.reward_variant == sdg.reward_variant == "upstream"
+    assert doctor.rewards == {"score": 1.0, "heatmap": 1.0, "grounding": 1.0} and doctor.format == "imagedoctor"
+    assert (doctor.learning_rate, doctor.beta, doctor.num_generations, doctor.max_new_tokens) == (2e-6, 0.04, 8, 4096)
+    assert doctor.num_iterations == sdg.num_iterations == 1
+    assert (doctor.prompt_variant, sdg.prompt_variant) == ("imagedoctor-grpo", "sdg-grpo")
+    assert sdg.rewards == {"sdg": 1.0} and sdg.format == "sdg" and sdg.embedding_model == "Qwen/Qwen3-Embedding-0.6B"
+    assert (sdg.learning_rate, sdg.beta, sdg.num_generations, sdg.max_new_tokens) == (5e-6, 0.01, 8, 4096)

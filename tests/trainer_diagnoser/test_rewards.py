@@ -1,4 +1,5 @@
-"""Hand-made cases for the diagnoser GRPO rewards (conventions: docs/provenance.md)."""
+"""Hand-made cases for our diagnoser GRPO rewards (variant "ours"; conventions: docs/provenance.md;
+the upstream variant has its own file)."""
 
 from __future__ import annotations
 

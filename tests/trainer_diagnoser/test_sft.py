@@ -31,6 +31,16 @@ def test_labels_mask_prompt_image_and_padding(tiny_model_dir, synth_train, tmp_p
         assert batch["gt_maps"][b][1].shape == (64, 64) and float(batch["gt_maps"][b][1].max()) > 0.5
     out = tr.raw_module(**batch)
     assert torch.isfinite(out["loss"]) and float(out["heatmap"]) > 0
+    # prompt_variant changes the prompt only: the GRPO wrapper is in the input, the labels stay the targets
+    from dataclasses import replace
+
+    from imagedoctor.core.prompts import IMAGEDOCTOR_GRPO_WRAPPER
+
+    grpo = collate(tr.dg, ex[:1], replace(cfg, prompt_variant="imagedoctor-grpo"), 64, with_maps=False)
+    assert IMAGEDOCTOR_GRPO_WRAPPER in tok.decode(grpo["input_ids"][0])
+    assert IMAGEDOCTOR_GRPO_WRAPPER not in tok.decode(batch["input_ids"][0])
+    kept = grpo["labels"][0][grpo["labels"][0] != -100]
+    assert tok.decode(kept) == ex[0].target + tok.eos_token
 
 
 def test_sft_scores_stage_learns_on_heldout(sft_scores_run, learning_seed):
@@ -203,3 +213,26 @@ def test_cli_sft_runs_and_reports_config_errors(tiny_model_dir, synth_train, tmp
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**cfg, "stage": "scores", "heatmap_weight": 1.0}))
     assert main(["sft", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "heatmap_weight" in capsys.readouterr().err
+
+
+def test_lr_schedule_steps_stops_a_longer_schedule_early(tiny_model_dir, synth_train, tmp_path, make_sft_config):
+    """max_steps 4 of a 40-step cosine schedule: the learning rates are the first four of the long
+    schedule, not a schedule squeezed into four steps (what an interrupted long run had)."""
+    import math as _math
+
+    lrs = {}
+    for name, extra in (("long", {"lr_schedule_steps": 40}), ("short", {})):
+        cfg = make_sft_config(tiny_model_dir, synth_train, None, tmp_path / name, eval_data=None, stage="full",
+                              heatmap_weight=1.0, max_steps=4, lr_scheduler_type="cosine", warmup_steps=0,
+                              learning_rate=1e-3, **extra)
+        tr = SFTTrainer(cfg)
+        tr._setup()
+        seen = []
+        for _ in range(4):
+            seen.append(tr.scheduler.get_last_lr()[0])
+            tr.optimizer.step()
+            tr.scheduler.step()
+        lrs[name] = seen
+    want = [1e-3 * 0.5 * (1 + _math.cos(_math.pi * k / 40)) for k in range(4)]
+    assert lrs["long"] == pytest.approx(want, rel=1e-6)
+    assert lrs["short"][3] < 0.2 * want[3]  # the 4-step schedule is nearly spent by step 3

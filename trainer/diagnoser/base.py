@@ -42,7 +42,7 @@ class DiagnoserTrainer:
         seed_everything(self.cfg.seed)
         module, groups = self._build()
         module.train()
-        optimizer, scheduler = build_optimizer(groups, self.cfg, self.cfg.max_steps)
+        optimizer, scheduler = build_optimizer(groups, self.cfg, self.cfg.lr_schedule_steps or self.cfg.max_steps)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, optimizer, scheduler)
         self.raw_module = module
 

@@ -17,6 +17,7 @@ FINETUNING = ("lora", "full")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
 LOSS_TYPES = ("token", "sequence")
 REWARD_NAMES = ("score", "heatmap", "grounding", "sdg", "format")
+REWARD_VARIANTS = ("ours", "upstream")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -36,6 +37,11 @@ class DiagnoserTrainConfig(TrainerConfig):
     think: bool = option(True, "Render and ask for the <think> block.")
     image_area: int | None = option(512 * 512, "Images are resized to about this many pixels (aspect kept); "
                                                "null keeps them.")
+    prompt_variant: str | None = option(None, "Prompt variant of the training prompts (user text, system turn; "
+                                              "imagedoctor.core.prompts.PROMPT_VARIANTS, of this format, e.g. "
+                                              "'imagedoctor-grpo' or 'sdg-grpo'); null = the starting checkpoint's "
+                                              "own (its config.json), else the format's default. Images are still "
+                                              "sized by image_area.")
     finetuning: str = option("lora", "'lora' (peft adapters on the language model) or 'full'.")
     lora_r: int = option(16, "LoRA rank r.")
     lora_alpha: float = option(32.0, "LoRA alpha (scale alpha / r).")
@@ -49,6 +55,9 @@ class DiagnoserTrainConfig(TrainerConfig):
     lr_scheduler_type: str = option("constant_with_warmup", "Learning-rate schedule: one of ['constant', "
                                     "'constant_with_warmup', 'linear', 'cosine'].")
     max_steps: int = option(1000, "Optimiser steps (SFT) or iterations (GRPO) to train.")
+    lr_schedule_steps: int | None = option(None, "Steps the learning-rate schedule spans (default: max_steps). Set it "
+                                                 "above max_steps to stop a longer schedule early, as a run "
+                                                 "interrupted at max_steps would have (the mini recipe does).")
     batch_size: int = option(4, "Images per process per micro-batch (GRPO: images per iteration, each with "
                                 "num_generations completions).")
     gradient_accumulation_steps: int = option(1, "Micro-batches per optimiser step (SFT).")
@@ -72,8 +81,13 @@ class DiagnoserTrainConfig(TrainerConfig):
             self._fail("train_vision", "needs finetuning: full (LoRA targets the language model only)",
                        "set finetuning: full or train_vision: false")
         self._choice("dtype", DTYPES)
+        if self.prompt_variant is not None:
+            self._check_prompt_variant()
         if self.image_area is not None and self.image_area < 28 * 28:
             self._fail("image_area", f"{self.image_area} is below 784 (28x28)", "use an area >= 784, or null")
+        if self.lr_schedule_steps is not None and self.lr_schedule_steps < self.max_steps:
+            self._fail("lr_schedule_steps", f"is {self.lr_schedule_steps}, below max_steps ({self.max_steps}): the "
+                       "schedule would end before training does", "leave it unset or set it >= max_steps")
         for key in ("max_steps", "batch_size", "eval_max_new_tokens", "eval_samples", "gradient_accumulation_steps",
                     "lora_r", "lora_alpha"):
             self._positive(key)
@@ -84,6 +98,21 @@ class DiagnoserTrainConfig(TrainerConfig):
             self._fail("lora_dropout", f"{self.lora_dropout} is outside [0, 1)", "use e.g. 0.05")
         if not self.lora_target_modules:
             self._fail("lora_target_modules", "is empty", "name at least one projection, e.g. [q_proj, v_proj]")
+
+    def _check_prompt_variant(self) -> None:
+        from ...core.prompts import PROMPT_VARIANTS
+
+        names = sorted(n for n, v in PROMPT_VARIANTS.items() if v.format == self.format and not v.prefill)
+        v = PROMPT_VARIANTS.get(self.prompt_variant)
+        if v is None or v.format != self.format:
+            self._fail("prompt_variant", f"{self.prompt_variant!r} is not a prompt variant of format {self.format!r}",
+                       f"use one of {names}, or null")
+        if v.prefill:
+            self._fail("prompt_variant", f"{self.prompt_variant!r} pre-fills the answer (a reward scorer's query)",
+                       f"train the score-only mode with think: false, or use one of {names}")
+        if not self.think:
+            self._fail("prompt_variant", "applies with think: true (think: false uses the score-only prompt)",
+                       "set think: true or prompt_variant: null")
 
     @property
     def uses_task_tokens(self) -> bool:
@@ -129,9 +158,14 @@ class GRPOConfig(DiagnoserTrainConfig):
                                      "per completion, then mean.")
     rewards: dict[str, float] = option(default_factory=lambda: {"score": 1.0, "heatmap": 1.0, "grounding": 1.0},
                                        help=f"Reward name -> weight; names: {list(REWARD_NAMES)}.")
-    embedding_model: str | None = option(None, "sentence-transformers model for the SDG description reward "
-                                               "(null = R_desc off).")
+    embedding_model: str | None = option(None, "Text encoder of the SDG description reward: a sentence-transformers "
+                                               "model (reward_variant ours) or a transformers model mean-pooled as "
+                                               "the authors do (upstream); null = R_desc off.")
     scale_rewards: bool = option(True, "Divide group-centred rewards by the group std.")
+    reward_variant: str = option("ours", "Definitions of the score/heatmap/grounding/sdg rewards: 'ours' (bounded "
+                                         "means over parsed boxes; docs/fidelity.md gives the reasons) or 'upstream' "
+                                         "(the authors' exact definitions on the raw completion, as the published "
+                                         "checkpoints were trained).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,6 +185,7 @@ class GRPOConfig(DiagnoserTrainConfig):
         if not 0 < self.epsilon < 1:
             self._fail("epsilon", f"{self.epsilon} is outside (0, 1)", "use e.g. 0.2")
         self._choice("loss_type", LOSS_TYPES)
+        self._choice("reward_variant", REWARD_VARIANTS)
         if not self.rewards:
             self._fail("rewards", "is empty", "map at least one reward name to a weight, e.g. {score: 1.0}")
         for name in self.rewards:

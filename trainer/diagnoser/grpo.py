@@ -28,7 +28,6 @@ import torch.nn as nn
 from ...core.diagnosis import Diagnosis
 from ...core.formats import parse
 from ...core.generation import generate_batch
-from ...core.prompts import assistant_prefill
 from ..common.cli import add_trainer_command
 from .base import DiagnoserTrainer
 from .config import GRPOConfig
@@ -115,9 +114,11 @@ class GRPOTrainer(DiagnoserTrainer):
         self.extra_weights = {k: float((extra_weights or {}).get(k, 1.0)) for k in self.extra_rewards}
         self.embed = None
         if config.embedding_model:
-            from ...core.metrics import sentence_transformer_embedder
+            from ...core.metrics import mean_pool_embedder, sentence_transformer_embedder
 
-            self.embed = sentence_transformer_embedder(config.embedding_model)
+            # The authors' SDG reward mean-pools a transformers encoder; ours uses sentence-transformers.
+            make = mean_pool_embedder if config.reward_variant == "upstream" else sentence_transformer_embedder
+            self.embed = make(config.embedding_model)
 
     def _build(self):
         cfg = self.cfg
@@ -140,7 +141,8 @@ class GRPOTrainer(DiagnoserTrainer):
         images = [e.image for e in examples for _ in range(group_size)]
         prompts = [e.prompt for e in examples for _ in range(group_size)]
         gts = [e.gt for e in examples for _ in range(group_size)]
-        inputs, resized, _ = dg.build_inputs(images, prompts, cfg.format, think=cfg.think, image_area=cfg.image_area)
+        inputs, resized, _ = dg.build_inputs(images, prompts, cfg.format, think=cfg.think, image_area=cfg.image_area,
+                                             variant=cfg.prompt_variant)
         inputs = inputs.to(self.accelerator.device)
         tok = dg.processor.tokenizer
         need_maps = "heatmap" in cfg.rewards and dg.head is not None
@@ -153,16 +155,17 @@ class GRPOTrainer(DiagnoserTrainer):
                                  suppress_token_ids=dg.vision_token_ids)
         finally:
             dg.model.train(was_training)
-        prefill = assistant_prefill(cfg.format, cfg.think)
+        prefill = dg.prompt_variant_for(cfg.format, cfg.think, cfg.prompt_variant).prefill
         diags = []
         for i, img in enumerate(images):
             text = prefill + tok.decode(out.sequences[i, : out.lengths[i]], skip_special_tokens=True)
             diags.append(parse(text, cfg.format, img.width, img.height,
                                frame=target_frame(cfg, dg.family, img.width, img.height), prompt=prompts[i]))
         if need_maps:
-            # A rollout that did not emit a task token gets no map (the heatmap reward scores it 0).
+            # A rollout that did not emit a task token gets no map (ours scores it 0, upstream as all-zero maps).
             dg.attach_heatmaps(diags, out, inputs["image_grid_thw"], [im.size for im in images], fallback=False)
-        total, parts = compute_rewards(diags, gts, cfg.rewards, cfg.format, cfg.stage, self.embed)
+        total, parts = compute_rewards(diags, gts, cfg.rewards, cfg.format, cfg.stage, self.embed,
+                                       variant=cfg.reward_variant)
         for name, fn in self.extra_rewards.items():
             parts[name] = np.array([fn(p, g) for p, g in zip(diags, gts)], dtype=np.float64)
             total = total + self.extra_weights[name] * parts[name]

@@ -10,6 +10,10 @@ prediction and ground truth are both empty is 1, one empty and not the other is 
 
 SDG detector (sources: docs/provenance.md): `sdg_detector_reward` = -1 on a format failure, else
 0.6·R_box + 0.25·R_desc + 0.15·R_imp with per-label Hungarian matching on -DIoU.
+
+These are our variants (``variant="ours"``: bounded means, parsed boxes in pixels, per-label
+matching). ``variant="upstream"`` runs the authors' exact definitions on the raw completion
+(`trainer.diagnoser.rewards_upstream`); docs/fidelity.md lists every difference and its reason.
 """
 
 from __future__ import annotations
@@ -20,12 +24,20 @@ import numpy as np
 
 from ...core.diagnosis import HEATMAP_NAMES, LABELS, SCORE_NAMES, Diagnosis
 from ...core.geometry import box_mask, diou, iou, pairwise
+from . import rewards_upstream as upstream
+from .config import REWARD_VARIANTS
 
 #: Heatmap reward scales of upstream (MSE at 288x288).
 HEATMAP_SCALES = {"misalignment": 80.0, "artifact": 40.0}
 HEATMAP_SIZE = 288
 #: Pixels with GT heat above this count as "hot"; a map whose max is below it is empty.
 EMPTY_EPS = 1e-3
+
+
+def _is_upstream(variant: str) -> bool:
+    if variant not in REWARD_VARIANTS:
+        raise ValueError(f"unknown reward variant {variant!r}; use one of {list(REWARD_VARIANTS)}")
+    return variant == "upstream"
 
 
 def _resize(arr: np.ndarray, size: int) -> np.ndarray:
@@ -39,11 +51,14 @@ def _resize(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 # --- ImageDoctor ---------------------------------------------------------------------------
-def score_reward(pred: Diagnosis, gt: Diagnosis, scale: float = 3.0) -> float:
+def score_reward(pred: Diagnosis, gt: Diagnosis, scale: float = 3.0, variant: str = "ours") -> float:
     """Mean over the annotated scores of max(0, 1 - scale·|pred - gt|); a missing prediction scores 0.
 
-    Returns 1.0 when the ground truth has no scores (nothing to be wrong about).
+    Returns 1.0 when the ground truth has no scores (nothing to be wrong about). ``variant="upstream"``:
+    `rewards_upstream.score_reward` (unclipped terms summed, read from the raw completion).
     """
+    if _is_upstream(variant):
+        return upstream.score_reward(pred, gt)
     values = []
     for name in SCORE_NAMES:
         g = gt.scores[name]
@@ -55,12 +70,15 @@ def score_reward(pred: Diagnosis, gt: Diagnosis, scale: float = 3.0) -> float:
 
 
 def heatmap_reward(pred: Diagnosis, gt: Diagnosis, size: int = HEATMAP_SIZE,
-                   scales: Mapping[str, float] = HEATMAP_SCALES) -> float:
+                   scales: Mapping[str, float] = HEATMAP_SCALES, variant: str = "ours") -> float:
     """Mean over annotated maps of 1 - clip(scale·MSE, 0, 1) at ``size`` x ``size``.
 
     A GT map of None is not annotated (skipped); a missing predicted map scores 0; returns 1.0
-    when no map is annotated.
+    when no map is annotated. ``variant="upstream"``: `rewards_upstream.heatmap_reward` (both terms
+    summed; missing predicted maps are all-zero maps).
     """
+    if _is_upstream(variant):
+        return upstream.heatmap_reward(pred, gt)
     values = []
     for name in HEATMAP_NAMES:
         g = gt.heatmaps.get(name)
@@ -112,8 +130,14 @@ def grounding_terms(pred_boxes: Sequence[Sequence[float]], heat: np.ndarray) -> 
     return {"completeness": completeness, "compactness": compactness, "uniqueness": uniqueness}
 
 
-def grounding_reward(pred: Diagnosis, gt: Diagnosis) -> float:
-    """Mean of `grounding_terms` of the predicted boxes against the GT heat, in [0, 1]."""
+def grounding_reward(pred: Diagnosis, gt: Diagnosis, variant: str = "ours") -> float:
+    """Mean of `grounding_terms` of the predicted boxes against the GT heat, in [0, 1].
+
+    ``variant="upstream"``: `rewards_upstream.grounding_reward` (six terms summed, every bracketed
+    box of the raw completion against each map).
+    """
+    if _is_upstream(variant):
+        return upstream.grounding_reward(pred, gt)
     terms = grounding_terms([d.box for d in pred.defects], gt_heat(gt))
     return float(np.mean(list(terms.values())))
 
@@ -152,8 +176,9 @@ def sdg_detector_reward(
     false_alarm_penalty: float = 0.3,
     both_empty_bonus: float = 0.3,
     weights: tuple[float, float, float] = (0.6, 0.25, 0.15),
+    variant: str = "ours",
 ) -> float:
-    """The SDG detector's GRPO reward of one prediction (the SDG paper's reward; docs/provenance.md).
+    """Our SDG detector GRPO reward of one prediction (the SDG paper's description; docs/provenance.md).
 
     Format failure (the parser reported problems) -> -1. Otherwise, per label, boxes are
     matched by Hungarian assignment on -DIoU; R_box = (Σ matched DIoU - miss_penalty·misses -
@@ -162,7 +187,12 @@ def sdg_detector_reward(
     matched pairs (0 without ``embed``; ``embed(texts) -> [N, D]``); R_imp = mean
     clip(1 - |Δimportance|/50, 0, 1) (missing importance counts as 50). Both empty: R_desc =
     R_imp = 1. Returns w_box·R_box + w_desc·R_desc + w_imp·R_imp.
+
+    ``variant="upstream"``: the authors' ``SDG_combined_v3`` on the raw completion
+    (`rewards_upstream.sdg_detector_reward`; the penalty/weight arguments do not apply).
     """
+    if _is_upstream(variant):
+        return upstream.sdg_detector_reward(pred, gt, embed)
     if pred.problems:
         return -1.0
     if not pred.defects and not gt.defects:
@@ -198,16 +228,19 @@ def compute_rewards(
     format: str = "imagedoctor",
     stage: str = "full",
     embed: Callable[[list[str]], np.ndarray] | None = None,
+    variant: str = "ours",
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Weighted sum of the named rewards for each (pred, gt) pair.
 
-    Returns (total [N], {name: [N] per-reward values}).
+    ``variant`` ("ours" | "upstream") selects the definitions of score/heatmap/grounding/sdg
+    (``format`` has no upstream counterpart). Returns (total [N], {name: [N] per-reward values}).
     """
+    _is_upstream(variant)
     fns: dict[str, Callable[[Diagnosis, Diagnosis], float]] = {
-        "score": score_reward,
-        "heatmap": heatmap_reward,
-        "grounding": grounding_reward,
-        "sdg": lambda p, g: sdg_detector_reward(p, g, embed=embed),
+        "score": lambda p, g: score_reward(p, g, variant=variant),
+        "heatmap": lambda p, g: heatmap_reward(p, g, variant=variant),
+        "grounding": lambda p, g: grounding_reward(p, g, variant=variant),
+        "sdg": lambda p, g: sdg_detector_reward(p, g, embed=embed, variant=variant),
         "format": lambda p, g: format_reward(p, format, stage),
     }
     unknown = set(weights) - set(fns)

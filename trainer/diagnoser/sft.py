@@ -119,7 +119,7 @@ def collate(dg: Diagnoser, examples: Sequence[Example], cfg: DiagnoserTrainConfi
     """Tokenise a batch (left-padded) and build labels (-100 on prompt, image and pad tokens),
     the task-token positions [B, 2] and the GT maps at heatmap_size²."""
     inputs, _, prefix = dg.build_inputs([e.image for e in examples], [e.prompt for e in examples], cfg.format,
-                                        think=cfg.think, image_area=cfg.image_area,
+                                        think=cfg.think, image_area=cfg.image_area, variant=cfg.prompt_variant,
                                         assistant_texts=[e.target for e in examples])
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     labels = torch.full_like(ids, -100)
@@ -206,7 +206,7 @@ def evaluate_sft(dg: Diagnoser, module: DiagnoserSFTModule, examples: Sequence[E
     if generate and cfg.format == "imagedoctor":
         diags = dg.diagnose([e.image for e in examples], [e.prompt for e in examples], format=cfg.format,
                             max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.batch_size, heatmaps=False,
-                            think=cfg.think, image_area=cfg.image_area)
+                            think=cfg.think, image_area=cfg.image_area, variant=cfg.prompt_variant)
         corr = score_correlations([d.scores for d in diags], [e.gt.scores for e in examples])
         # a dimension that is never read, or constant, has no correlation: it counts as 0
         plcc = [corr["per_dim"][k]["plcc"] for k in corr["per_dim"]]
