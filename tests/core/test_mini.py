@@ -38,8 +38,9 @@ def test_prompt_answer_boundary_is_a_token_boundary(domain_tokenizer):
 def test_one_character_prompt_edit_near_a_quote_adds_one_token(domain_tokenizer):
     """Upstream's runtime prompt has a backslash before the closing quote: one extra token, the rest equal."""
     tok = domain_tokenizer
-    text = build_prompt("a red circle")
-    edited = text.replace("format: ”", "format: \\”")
+    # build_prompt has the backslash since the prompts became byte-exact upstream runtime strings
+    edited = build_prompt("a red circle")
+    text = edited.replace("format: \\”", "format: ”")
     assert edited != text
     a, b = tok(text)["input_ids"], tok(edited)["input_ids"]
     assert len(b) == len(a) + 1
