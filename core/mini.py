@@ -46,12 +46,16 @@ MINI_CHAT_TEMPLATE = (
 
 
 def chat_prompt(prompt: str) -> str:
-    """What `MINI_CHAT_TEMPLATE` renders for one image + the ImageDoctor prompt (generation prompt on)."""
+    """What `MINI_CHAT_TEMPLATE` renders for one image + the mini's ImageDoctor prompt (generation prompt on)."""
     from .prompts import build_prompt
 
     return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-            "<|vision_start|><|image_pad|><|vision_end|>" + build_prompt(prompt) + "<|im_end|>\n<|im_start|>assistant\n")
+            "<|vision_start|><|image_pad|><|vision_end|>" + build_prompt(prompt, variant=MINI_PROMPT_VARIANT)
+            + "<|im_end|>\n<|im_start|>assistant\n")
 
+
+#: The prompt variant the mini is trained and queried with (named in its config.json).
+MINI_PROMPT_VARIANT = "imagedoctor-mini"
 
 #: Image area of the mini (about 256x256 -> 252x252 -> 9x9 merged visual tokens).
 MINI_IMAGE_AREA = 256 * 256
@@ -202,6 +206,7 @@ def build_mini_diagnoser(out_dir: str | Path, size: str | MiniSize = "mini", see
     model.config.misalignment_token_id = ids["<MIS>"]
     model.config.artifact_token_id = ids["<ART>"]
     model.config.imagedoctor_image_area = int(image_area)
+    model.config.imagedoctor_prompt_variant = MINI_PROMPT_VARIANT
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = None

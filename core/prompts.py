@@ -11,6 +11,8 @@ variant           used by (provenance in docs/fidelity.md)
 imagedoctor       ``GYX97/ImageDoctor`` inference (default of format ``imagedoctor``)
 imagedoctor-fast  its score-only reward scorer: answer pre-filled, caption punctuation stripped
 imagedoctor-grpo  its GRPO rollouts: VLM-R1 "odLength" wrapper around the inference prompt
+imagedoctor-mini  the pack's built-in mini diagnoser: the inference prompt without the stray
+                  backslash (what it was trained on)
 sdg-grpo          ``P1n3/sdg-detector-grpo``: "thinkpe_imp" query + its GRPO system turn (default
                   of format ``sdg``)
 sdg-sft           ``P1n3/sdg-detector-sft``: the same query, no system turn
@@ -274,6 +276,12 @@ PROMPT_VARIANTS: dict[str, PromptVariant] = {
                       image=ImagePolicy("fixed", width=512, height=512, resample="lanczos"),
                       source="EthanG97/ImageDoctor grpo_jsonl_np.py:1538-1544, grpo_trainer.py:580; "
                              "om-ai-lab/VLM-R1 qwen_module.py:76-83"),
+        # Not a published checkpoint's: the inference prompt without upstream's stray backslash, as
+        # this pack wrote it before matching upstream byte for byte. The shipped imagedoctor-mini was
+        # trained on it and names it in its config.json (one character changes its outputs).
+        PromptVariant("imagedoctor-mini", "imagedoctor", IMAGEDOCTOR_PROMPT.replace("\\\u201d", "\u201d", 1),
+                      image=ImagePolicy.from_area(IMAGEDOCTOR_IMAGE_AREA),
+                      source="this pack (imagedoctor-mini, docs/mini-model.md)"),
         PromptVariant("sdg-grpo", "sdg", SDG_THINKPE_IMP_PROMPT, system=SDG_GRPO_SYSTEM_PROMPT,
                       source="nianbai006/SDG dense_grpo_rewards.py:107-169, sdg_detector/scripts/train_grpo.sh:87"),
         PromptVariant("sdg-sft", "sdg", SDG_THINKPE_IMP_PROMPT,

@@ -74,3 +74,20 @@ def test_recipe_errors_name_the_problem(recipe_dir):
         load_recipe(recipe_dir)
     with pytest.raises(RecipeError, match="recipe.yaml is missing"):
         load_recipe(recipe_dir / "sft.yaml")
+
+
+def test_shipped_mini_recipe_validates(tmp_path):
+    """The recipe that made the shipped weights: every stage config loads and validates (placeholders
+    filled) before hours of training could fail on a typo."""
+    from pathlib import Path
+
+    import imagedoctor
+    from imagedoctor.trainer.diagnoser.recipe import _stage_config, load_recipe
+
+    folder = Path(imagedoctor.__file__).resolve().parent / "trainer" / "recipes" / "mini"
+    recipe = load_recipe(folder)
+    names = {"workdir": str(tmp_path), "model": str(tmp_path / "base"), "previous": str(tmp_path / "prev"),
+             **{f"data.{k}": str(tmp_path / k) for k in recipe["data"]}}
+    cfgs = [_stage_config(recipe, stage, names) for stage in recipe["stages"]]
+    assert [c.max_steps for c in cfgs] == [1500, 1100] and cfgs[0].lr_schedule_steps == 4000
+    assert cfgs[1].model == str(tmp_path / "prev")
