@@ -38,10 +38,11 @@ def test_prompt_answer_boundary_is_a_token_boundary(domain_tokenizer):
 def test_one_character_prompt_edit_near_a_quote_adds_one_token(domain_tokenizer):
     """Upstream's runtime prompt has a backslash before the closing quote: one extra token, the rest equal."""
     tok = domain_tokenizer
-    # build_prompt has the backslash since the prompts became byte-exact upstream runtime strings
+    # build_prompt has the backslash since the prompts became byte-exact upstream runtime strings;
+    # the mini's own variant is the same text without it
     edited = build_prompt("a red circle")
-    text = edited.replace("format: \\”", "format: ”")
-    assert edited != text
+    text = build_prompt("a red circle", variant="imagedoctor-mini")
+    assert text == edited.replace("format: \\”", "format: ”") and edited != text
     a, b = tok(text)["input_ids"], tok(edited)["input_ids"]
     assert len(b) == len(a) + 1
     k = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
@@ -52,12 +53,13 @@ def test_processor_chat_template_matches_chat_prompt(tmp_path, domain_tokenizer)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
     from transformers.models.qwen2_vl import Qwen2VLVideoProcessor
 
-    from imagedoctor.core.mini import MINI_CHAT_TEMPLATE
+    from imagedoctor.core.mini import MINI_CHAT_TEMPLATE, MINI_PROMPT_VARIANT
     from imagedoctor.core.prompts import build_messages
 
     proc = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=domain_tokenizer,
                                video_processor=Qwen2VLVideoProcessor(), chat_template=MINI_CHAT_TEMPLATE)
-    text = proc.apply_chat_template(build_messages("a red circle"), tokenize=False, add_generation_prompt=True)
+    text = proc.apply_chat_template(build_messages("a red circle", variant=MINI_PROMPT_VARIANT), tokenize=False,
+                                    add_generation_prompt=True)
     assert text == chat_prompt("a red circle")
 
 
