@@ -47,8 +47,9 @@ HEAD_FILE = "model-heatmap-head.safetensors"
 BUILTIN_MODELS = {"imagedoctor-mini": Path(__file__).resolve().parent / "weights" / "imagedoctor-mini"}
 #: What each built-in model is, in one line (demo page, ComfyUI loader).
 BUILTIN_DESCRIPTIONS = {
-    "imagedoctor-mini": "trained on synthetic shapes only, for trying the pack; real images need the published "
-                        "checkpoints GYX97/ImageDoctor or P1n3/sdg-detector-*",
+    "imagedoctor-mini": "trained on synthetic shapes only, for trying the pack, and weak even there (its heatmaps "
+                        "follow the defects, its scores barely do); real images need the published checkpoints "
+                        "GYX97/ImageDoctor or P1n3/sdg-detector-*",
 }
 
 
