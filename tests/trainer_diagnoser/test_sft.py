@@ -43,36 +43,18 @@ def test_labels_mask_prompt_image_and_padding(tiny_model_dir, synth_train, tmp_p
     assert tok.decode(kept) == ex[0].target + tok.eos_token
 
 
-def test_sft_scores_stage_learns_on_heldout(sft_scores_run, learning_seed):
-    """Stage 1 (scores only), 120 steps: held-out CE falls by >= 80 %, >= 90 % of the scores become
-    readable, and the mean PLCC over the four scores (unread or constant = 0) goes from 0 to >= 0.15.
-    Measured (held-out PLCC after training, seeds 0/1/2): see docs/training-diagnoser.md; the
-    shuffled-label control below stays under the same margin."""
+def test_sft_scores_stage_learns_the_format_on_heldout(sft_scores_run, learning_seed):
+    """Stage 1 (scores only), 120 steps: held-out CE falls by >= 80 % and >= 90 % of the scores become
+    readable. Only the format: whether the scores follow the images was measured (held-out score MAE
+    against the best input-blind answer, with a shuffled-label control, seeds 0/1/2) and is not
+    established at this size and length (docs/training-diagnoser.md), so it is not asserted."""
     seed = learning_seed
     before, result = sft_scores_run(seed)
     after = result["eval"]
     print(f"SFT scores stage seed {seed} before", before, "after", after)
-    assert before["eval/scores_parsed"] == 0.0 and before["eval/score_plcc"] == 0.0
+    assert before["eval/scores_parsed"] == 0.0
     assert after["eval/loss"] <= 0.2 * before["eval/loss"], (before, after)
     assert after["eval/scores_parsed"] >= 0.9
-    assert after["eval/score_plcc"] >= PLCC_MARGIN, after
-
-
-#: Held-out PLCC a stage-1 run must reach and the shuffled-label control must stay below.
-PLCC_MARGIN = 0.15
-
-
-def test_sft_shuffled_scores_do_not_raise_plcc(sft_scores_run, make_synthetic, tmp_path_factory, learning_seed):
-    """Negative control: the same run with every image's scores taken from another image (the prompt
-    and pixels no longer predict them) learns the format but no held-out PLCC."""
-    seed = learning_seed
-    shuffled = make_synthetic(tmp_path_factory.mktemp("data") / "shuffled", 48, seed=1, shuffle="scores")
-    _, result = sft_scores_run(seed, shuffled)
-    control = result["eval"]
-    _, real = sft_scores_run(seed)
-    print(f"SFT shuffled-scores control seed {seed}:", control, "real labels:", real["eval"])
-    assert control["eval/scores_parsed"] >= 0.9  # it did learn to write scores
-    assert control["eval/score_plcc"] < PLCC_MARGIN, control
 
 
 def test_sft_full_stage_raises_heldout_heatmap_cc(tiny_model_dir, synth_train, synth_eval, tmp_path, make_sft_config,
@@ -236,3 +218,13 @@ def test_lr_schedule_steps_stops_a_longer_schedule_early(tiny_model_dir, synth_t
     want = [1e-3 * 0.5 * (1 + _math.cos(_math.pi * k / 40)) for k in range(4)]
     assert lrs["long"] == pytest.approx(want, rel=1e-6)
     assert lrs["short"][3] < 0.2 * want[3]  # the 4-step schedule is nearly spent by step 3
+
+
+def test_score_mae_counts_unwritten_scores_as_the_largest_error():
+    from imagedoctor.core.diagnosis import Scores
+    from imagedoctor.trainer.diagnoser.sft import score_mae
+
+    gt = [Scores(alignment=0.5, aesthetics=0.2, plausibility=None, overall=1.0)]
+    pred = [Scores(alignment=0.7, aesthetics=None, plausibility=0.3, overall=1.0)]
+    # |0.7-0.5| + 1 (unwritten) + 0 ; plausibility has no ground truth
+    assert score_mae(pred, gt) == pytest.approx((0.2 + 1.0 + 0.0) / 3)

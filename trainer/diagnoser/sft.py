@@ -162,11 +162,26 @@ def param_groups(module: nn.Module, cfg: DiagnoserTrainConfig) -> list[dict[str,
 
 
 # --- evaluation ------------------------------------------------------------------------------
+def score_mae(pred: Sequence, gt: Sequence) -> float:
+    """Mean |pred - gt| over every (image, dimension) with a ground truth; a score the model did not
+    write counts as 1 (the largest error in [0, 1]). Unlike PLCC it is defined for constant answers,
+    so it stays stable on a dozen held-out images."""
+    errors = []
+    for p, g in zip(pred, gt):
+        for k in ("alignment", "aesthetics", "plausibility", "overall"):
+            want = getattr(g, k)
+            if want is None:
+                continue
+            got = getattr(p, k)
+            errors.append(1.0 if got is None or not math.isfinite(got) else abs(float(got) - float(want)))
+    return float(np.mean(errors)) if errors else float("nan")
+
+
 @torch.no_grad()
 def evaluate_sft(dg: Diagnoser, module: DiagnoserSFTModule, examples: Sequence[Example], cfg: SFTConfig,
                  generate: bool = True) -> dict[str, float]:
     """Held-out metrics: teacher-forced CE (and heatmap MSE), heatmap CC of the head's maps against
-    the GT (images with non-empty GT), and score PLCC of greedy generations (when ``generate``)."""
+    the GT (images with non-empty GT), and score PLCC and MAE of greedy generations (when ``generate``)."""
     from ...core.metrics import heatmap_metrics, score_correlations
 
     was_training = module.training
@@ -214,6 +229,7 @@ def evaluate_sft(dg: Diagnoser, module: DiagnoserSFTModule, examples: Sequence[E
         for k in corr["per_dim"]:
             result[f"eval/plcc_{k}"] = float(corr["per_dim"][k]["plcc"])
         result["eval/scores_parsed"] = float(np.mean([len(d.scores.present()) / 4 for d in diags]))
+        result["eval/score_mae"] = score_mae([d.scores for d in diags], [e.gt.scores for e in examples])
     module.train(was_training)
     return result
 
