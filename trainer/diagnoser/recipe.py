@@ -182,17 +182,37 @@ def evaluate_heldout(model_dir: str | Path, data: str | Path, batch_size: int = 
 
 
 # --- CLI -------------------------------------------------------------------------------------
+#: What each key of recipe.yaml means (``recipe --help-config``).
+RECIPE_KEY_HELP = {
+    "model": "the start model: {builder: mini, size: mini, seed: 0, image_area: 65536} (core.mini.build_mini_diagnoser)",
+    "data": "synthetic data sets by name, each {n, seed[, size, p_clean]} (core.synth); stage configs use {data.NAME}",
+    "heldout": "optional {n, seed[, size, batch_size, max_new_tokens]}: the final held-out evaluation (never trained on)",
+    "stages": "list of {trainer: sft|grpo, config: FILE}: trainer configs run in order; they may use {workdir}, "
+              "{model}, {data.NAME} and {previous} (the model the previous stage wrote). Their keys: "
+              "`python -m imagedoctor.trainer sft --help-config` (or grpo)",
+    "output": "folder name under the workdir that receives the last stage's model",
+    "model_card": "optional README.md copied into the output folder",
+}
+
+
 def add_parser(subparsers) -> Any:
     p = subparsers.add_parser("recipe", help="run a recipe folder: start model, data, training stages, evaluation",
                               description=__doc__.splitlines()[0])
-    p.add_argument("folder", help="recipe folder with recipe.yaml (e.g. trainer/recipes/mini)")
-    p.add_argument("--workdir", required=True, help="where models, data, checkpoints and results go (reruns continue)")
+    p.add_argument("folder", nargs="?", help="recipe folder with recipe.yaml (e.g. trainer/recipes/mini)")
+    p.add_argument("--workdir", help="where models, data, checkpoints and results go (reruns continue); required")
     p.add_argument("--stop-after", choices=["data"], default=None, help="stop after writing the data")
+    p.add_argument("--help-config", action="store_true", help="print the keys of recipe.yaml and exit")
     p.set_defaults(func=_run)
     return p
 
 
 def _run(args) -> int:
+    if args.help_config:
+        print("recipe.yaml:\n" + "\n".join(f"{k}: {v}" for k, v in RECIPE_KEY_HELP.items()))
+        return 0
+    if not args.folder or not args.workdir:
+        raise RecipeError("recipe needs a recipe folder and --workdir, e.g. `python -m imagedoctor.trainer recipe "
+                          "trainer/recipes/mini --workdir runs/mini` (--help-config lists the recipe keys)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(json.dumps(run_recipe(args.folder, args.workdir, args.stop_after), indent=2, default=str))
     return 0
