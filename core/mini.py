@@ -167,8 +167,15 @@ def build_domain_tokenizer(corpus: list[str], vocab_size: int = 2048):
 
 def build_mini_diagnoser(out_dir: str | Path, size: str | MiniSize = "mini", seed: int = 0,
                          image_area: int = MINI_IMAGE_AREA, corpus_samples: int = 1500) -> Path:
-    """Write an untrained mini diagnoser (random weights, domain tokenizer) to ``out_dir``."""
+    """Write an untrained mini diagnoser (random weights, domain tokenizer) to ``out_dir``.
+    Needs transformers 5, like the trainers (the folder it writes loads on 4.57 after `make_portable`)."""
     import torch
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise RuntimeError(f"building the mini diagnoser needs transformers>=5 (this is {transformers.__version__}: "
+                           "its Qwen2.5-VL processor accepts only Qwen2 tokenizer classes); upgrade transformers "
+                           "to build or train it; loading imagedoctor-mini works on 4.57")
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
     from transformers.models.qwen2_vl import Qwen2VLVideoProcessor
 

@@ -49,6 +49,9 @@ def test_one_character_prompt_edit_near_a_quote_adds_one_token(domain_tokenizer)
     assert b[:k] + b[k + 1 :] == a
 
 
+@pytest.mark.skipif(int(__import__("transformers").__version__.split(".")[0]) < 5,
+                    reason="building the mini (like training it) needs transformers 5: 4.57's processor accepts only "
+                           "Qwen2 tokenizer classes; loading the shipped mini on 4.57 is tested in test_mini_model.py")
 def test_processor_chat_template_matches_chat_prompt(tmp_path, domain_tokenizer):
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
     from transformers.models.qwen2_vl import Qwen2VLVideoProcessor
