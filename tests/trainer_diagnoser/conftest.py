@@ -133,7 +133,7 @@ def sft_scores_run(tiny_model_dir, synth_train, synth_eval, tmp_path_factory):
         key = (seed, str(train or synth_train))
         if key not in done:
             cfg = sft_config(tiny_model_dir, train or synth_train, synth_eval, tmp_path_factory.mktemp("sft-scores"),
-                             seed=seed)
+                             seed=seed, max_steps=400)  # 120 steps learn the format, not yet the scores
             probe = SFTTrainer(cfg)
             probe._setup()
             before = probe.evaluate()

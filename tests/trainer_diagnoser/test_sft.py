@@ -43,18 +43,55 @@ def test_labels_mask_prompt_image_and_padding(tiny_model_dir, synth_train, tmp_p
     assert tok.decode(kept) == ex[0].target + tok.eos_token
 
 
-def test_sft_scores_stage_learns_the_format_on_heldout(sft_scores_run, learning_seed):
-    """Stage 1 (scores only), 120 steps: held-out CE falls by >= 80 % and >= 90 % of the scores become
-    readable. Only the format: whether the scores follow the images was measured (held-out score MAE
-    against the best input-blind answer, with a shuffled-label control, seeds 0/1/2) and is not
-    established at this size and length (docs/training-diagnoser.md), so it is not asserted."""
+def _input_blind_mae(train_dir, eval_dir) -> float:
+    """Held-out MAE of the best input-blind answer: every image gets the training set's mean scores."""
+    import numpy as np
+
+    from imagedoctor.core.data import load_project_dataset
+    from imagedoctor.core.diagnosis import Scores
+    from imagedoctor.trainer.diagnoser.sft import score_mae
+
+    dims = ("alignment", "aesthetics", "plausibility", "overall")
+    train = [s.diagnosis.scores for s in load_project_dataset(train_dir)]
+    mean = Scores(**{k: float(np.mean([getattr(t, k) for t in train])) for k in dims})
+    held = [s.diagnosis.scores for s in load_project_dataset(eval_dir)]
+    return score_mae([mean] * len(held), held)
+
+
+#: How far below the input-blind MAE a stage-1 run must end, and the shuffled-label control must not.
+MAE_MARGIN = 0.03
+
+
+def test_sft_scores_stage_learns_on_heldout(sft_scores_run, synth_train, synth_eval, learning_seed):
+    """Stage 1 (scores only), 400 steps: held-out CE falls by >= 80 %, >= 90 % of the scores become
+    readable, and the held-out score MAE ends at least MAE_MARGIN below the best input-blind answer's
+    (the training mean for every image). What is learned first is what the prompt gives (aesthetics
+    follows the square's colour word: MAE 0.225 -> 0.0); the image-only dimensions are not yet.
+    Seeds 0/1/2 and the shuffled-label control below: docs/training-diagnoser.md."""
     seed = learning_seed
     before, result = sft_scores_run(seed)
     after = result["eval"]
-    print(f"SFT scores stage seed {seed} before", before, "after", after)
+    blind = _input_blind_mae(synth_train, synth_eval)
+    print(f"SFT scores stage seed {seed} before", before, "after", after, "input-blind MAE", blind)
     assert before["eval/scores_parsed"] == 0.0
     assert after["eval/loss"] <= 0.2 * before["eval/loss"], (before, after)
     assert after["eval/scores_parsed"] >= 0.9
+    assert after["eval/score_mae"] <= blind - MAE_MARGIN, (after, blind)
+
+
+def test_sft_shuffled_scores_do_not_beat_the_blind_answer(sft_scores_run, make_synthetic, synth_train, synth_eval,
+                                                          tmp_path_factory, learning_seed):
+    """Negative control: the same run with every image's scores taken from another image (prompt and
+    pixels no longer predict them) learns the format but not the scores: its held-out MAE does not get
+    MAE_MARGIN below the input-blind answer's."""
+    seed = learning_seed
+    shuffled = make_synthetic(tmp_path_factory.mktemp("data") / "shuffled", 48, seed=1, shuffle="scores")
+    _, result = sft_scores_run(seed, shuffled)
+    control = result["eval"]
+    blind = _input_blind_mae(synth_train, synth_eval)
+    print(f"SFT shuffled-scores control seed {seed}:", control, "input-blind MAE", blind)
+    assert control["eval/scores_parsed"] >= 0.9  # it did learn to write scores
+    assert control["eval/score_mae"] > blind - MAE_MARGIN, (control, blind)
 
 
 def test_sft_full_stage_raises_heldout_heatmap_cc(tiny_model_dir, synth_train, synth_eval, tmp_path, make_sft_config,
