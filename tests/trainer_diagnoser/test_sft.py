@@ -200,7 +200,7 @@ def test_metrics_file_written(sft_scores_run):
     lines = (Path(result["model_dir"]).parent / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert rows[0]["step"] == 10 and "train/loss" in rows[0]
-    assert rows[-1]["step"] == 120 and "eval/loss" in rows[-1]
+    assert rows[-1]["step"] == 400 and "eval/loss" in rows[-1]
 
 
 def test_sft_sdg_format_on_qwen3(tiny_qwen3_dir, synth_train, tmp_path, make_sft_config):
