@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 
 import numpy as np
 
@@ -88,22 +87,11 @@ def _sampling_kwargs(sampling: str, seed: int) -> dict:
 
 
 def fast_then_full(dg, images, prompts, top_k: int, **kwargs):
-    """(order, fast, full): score-only diagnoses of all images, ranked by overall, then full
-    diagnoses of the top-K. Uses ``Diagnoser.best_of_n`` where the core has it (it sets
-    ``think``/``heatmaps`` per stage itself)."""
-    if hasattr(dg, "best_of_n"):
-        params = inspect.signature(dg.best_of_n).parameters
-        open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        extra = {k: v for k, v in kwargs.items() if k not in ("think", "heatmaps") and (open_kwargs or k in params)}
-        res = dg.best_of_n(images, prompts, top_k=top_k, criterion="overall", **extra)
-        return list(res.order), list(res.fast), dict(res.full)
-    from ..core.select import best_of_n
-
-    fast = dg.diagnose(images, prompts, think=False, **{**kwargs, "heatmaps": False})
-    order = best_of_n(fast, "overall").order
-    top = order[: max(1, min(int(top_k), len(order)))]
-    full_list = dg.diagnose(images[top], [prompts[i] for i in top], think=True, **kwargs)
-    return order, fast, dict(zip(top, full_list))
+    """(order, fast, full): `Diagnoser.best_of_n` (score-only answers of all images ranked by overall,
+    full diagnoses of the top-K); it sets ``think`` per stage itself."""
+    kwargs.pop("think", None)
+    res = dg.best_of_n(images, prompts, top_k=top_k, criterion="overall", **kwargs)
+    return list(res.order), list(res.fast), dict(res.full)
 
 
 class Diagnose(io.ComfyNode):
