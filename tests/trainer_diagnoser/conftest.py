@@ -124,7 +124,8 @@ def make_synthetic():
 @pytest.fixture(scope="session")
 def sft_scores_run(tiny_model_dir, synth_train, synth_eval, tmp_path_factory):
     """Cold-start stage 1 (scores only, full fine-tune) on the synthetic set, per (seed, labels):
-    ``run(seed, train_dir=synth_train) -> (before, result)``, each computed once per session."""
+    ``run(seed, train_dir=synth_train) -> (before, result)``, each computed once per session
+    (``before`` only for the real labels: None for another training set)."""
     from imagedoctor.trainer.diagnoser.sft import SFTTrainer
 
     done = {}
@@ -134,10 +135,12 @@ def sft_scores_run(tiny_model_dir, synth_train, synth_eval, tmp_path_factory):
         if key not in done:
             cfg = sft_config(tiny_model_dir, train or synth_train, synth_eval, tmp_path_factory.mktemp("sft-scores"),
                              seed=seed, max_steps=400)  # 120 steps learn the format, not yet the scores
-            probe = SFTTrainer(cfg)
-            probe._setup()
-            before = probe.evaluate()
-            del probe
+            before = None
+            if train is None:  # only the real-label run's starting point is asserted on
+                probe = SFTTrainer(cfg)
+                probe._setup()
+                before = probe.evaluate()
+                del probe
             done[key] = (before, SFTTrainer(cfg).train())
         return done[key]
 
