@@ -39,6 +39,7 @@ import numpy as np
 
 from ..diagnosis import Diagnosis, Scores
 from .project import DatasetError, LoadReport, Sample, write_project_dataset
+from .prompts_file import read_prompts_file
 from .tfrecord import LFSPointerError, TFRecordError, parse_example, read_records
 
 SCORE_FIELDS = {
@@ -96,40 +97,9 @@ def _load_prompts(prompts: Any) -> dict[str, str]:
         return {}
     if isinstance(prompts, Mapping):
         return {str(k): str(v) for k, v in prompts.items()}
-    path = Path(prompts)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist; it should be {PROMPTS_FORMAT}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc}); expected {PROMPTS_FORMAT}") from exc
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: a prompts JSON file must be an object filename -> prompt")
-        return {str(k): str(v) for k, v in data.items()}
-    out = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc}); expected {PROMPTS_FORMAT}") from exc
-            obj = obj if isinstance(obj, dict) else {}
-            name = obj.get("filename") or obj.get("file_name") or obj.get("image") or obj.get("uid")
-            prompt = obj.get("prompt") or obj.get("caption")
-            if name is None or prompt is None:
-                raise ValueError(f"{path}:{lineno}: need 'filename' and 'prompt' (or 'caption'); expected {PROMPTS_FORMAT}")
-            out[str(name)] = str(prompt)
-        else:
-            if "\t" not in line:
-                raise ValueError(f"{path}:{lineno}: expected 'filename<TAB>prompt' (a .jsonl or .json file is read "
-                                 f"as JSON); expected {PROMPTS_FORMAT}")
-            name, prompt = line.split("\t", 1)
-            out[name] = prompt
-    return out
+    table = read_prompts_file(prompts, ("filename", "file_name", "image", "uid"), ("prompt", "caption"),
+                              expected=PROMPTS_FORMAT)
+    return {k: str(v) for k, v in table.items()}
 
 
 def _one(features: Mapping[str, list], name: str, where: str) -> Any:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -163,50 +162,14 @@ def read_manifest(path: str | Path, format: str = "auto", prompts: str | Path | 
 
 # -- image folder + prompts file ------------------------------------------------------------------
 def load_prompts_file(path: str | Path, prompt_column: str = "prompt", image_column: str = "image") -> dict[str, Any]:
-    """A prompts file as ``{image name: prompt}``.
-
-    ``.json``: an object ``{"a.png": "prompt", ...}``; ``.jsonl``: objects with the image name
-    (``--image-column`` or one of `IMAGE_KEYS`) and the prompt (``--prompt-column``); ``.tsv``:
-    ``name<TAB>prompt`` lines; ``.csv``: a header row naming the image and prompt columns.
+    """A prompts file as ``{image name: prompt}`` (formats: `imagedoctor.core.data.prompts_file`):
+    the image name is ``--image-column`` or one of `IMAGE_KEYS`, the prompt ``--prompt-column``.
     Names are matched to images by relative path, then file name, then stem.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    from ..data.prompts_file import read_prompts_file
+
     keys = (image_column,) + tuple(k for k in IMAGE_KEYS if k != image_column)
-    out: dict[str, Any] = {}
-    if path.suffix == ".json":
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a prompts JSON file must be an object image name -> prompt")
-        return {str(k): v for k, v in data.items()}
-    if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        fields = reader.fieldnames or []
-        name_key = next((k for k in keys if k in fields), None)
-        if name_key is None or prompt_column not in fields:
-            raise ValueError(f"{path}: the header needs an image column (one of {list(keys)}) and a "
-                             f"{prompt_column!r} column (--prompt-column); it has {fields}")
-        return {row[name_key]: row[prompt_column] for row in reader}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-            name = next((obj[k] for k in keys if isinstance(obj, dict) and k in obj), None)
-            if name is None or prompt_column not in obj:
-                raise ValueError(f"{path}:{lineno}: need an image name (one of {list(keys)}) and {prompt_column!r}")
-            out[str(name)] = obj[prompt_column]
-        else:
-            if "\t" not in line:
-                raise ValueError(f"{path}:{lineno}: expected 'image name<TAB>prompt'")
-            name, prompt = line.split("\t", 1)
-            out[name] = prompt
-    return out
+    return read_prompts_file(path, keys, (prompt_column,))
 
 
 def _read_folder(root: Path, prompts: str | Path | None, prompt_column: str, image_column: str) -> Manifest:
