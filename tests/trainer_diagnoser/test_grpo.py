@@ -65,29 +65,35 @@ def test_grpo_update_moves_policy_towards_higher_reward(tiny_model_dir, synth_tr
     assert (delta[adv > 1e-3] > 0).all() and (delta[adv < -1e-3] < 0).all(), (adv, delta)
 
 
-#: Held-out score-reward rise (sampled completions) the GRPO run must reach; see the docstring.
-SCORE_MARGIN = 0.02
+#: Margins of the GRPO learning test, from the seed-to-seed spread (docstring).
+SCORE_MARGIN = 0.03
+CONTROL_MARGIN = 0.1
+MAE_MARGIN = 0.1
 
 
 def test_grpo_gain_comes_from_the_score_reward(tiny_model_dir, synth_train, synth_eval, tmp_path, make_sft_config,
                                                learning_seed):
     """Warm start: SFT stage 1 (scores only, full FT, 60 steps) so outputs are parseable. Then two
-    GRPO runs from it, full FT lr 5e-4, 20 iterations of 4 images x G=8 sampled completions
+    GRPO runs from it, full FT lr 5e-4, 40 iterations of 4 images x G=8 sampled completions
     (temperature 1), both with the format reward (share of the four scores read):
 
     - with the upstream score reward (mean of max(0, 1 - 3|pred - gt|));
     - negative control: with the score reward inverted (its negative).
 
-    The format pressure is the same in both, so the difference between them comes from the score
-    reward. On the 12 held-out images (8 sampled completions each at the rollout settings, fixed seed)
-    the score part rises by more than SCORE_MARGIN with the score reward, and ends above the inverted
-    run's by more than SCORE_MARGIN (the inverted run may still rise a little: the format reward makes
-    more scores readable, and an unread score counts 0). The per-iteration training reward is
-    printed, not asserted: over 20 iterations it is noisy.
+    The format pressure is the same in both, so what differs between them comes from the score reward.
+    On the 12 held-out images (8 sampled completions each at the rollout settings, fixed seed):
 
-    Seeds 0/1/2 measured (docs/training-diagnoser.md): gain 0.062 / 0.032 / 0.071, inverted-run change
-    -0.025 / +0.025 / -0.113, so the control margin held for seeds 0 and 2 but not 1 (0.007). At this
-    size and length the attribution is a seed-0 regression check, not a result beyond the seed spread."""
+    - the score reward rises by more than SCORE_MARGIN (an unwritten score counts 0, so part of this
+      rise is the format: more scores written);
+    - it ends above the inverted run's by more than CONTROL_MARGIN;
+    - on the scores written only (`eval/score_mae_written`, which the format cannot move), the
+      inverted run's error ends above the score run's by more than MAE_MARGIN: the score reward is
+      what keeps the written values near the truth.
+
+    Seeds 0/1/2 measured (docs/training-diagnoser.md): score-reward gain 0.090 / 0.073 / 0.113; score
+    minus inverted 0.222 / 0.191 / 0.214; error of the written scores 0.260 / 0.268 / 0.252 vs 0.506 /
+    0.496 / 0.492 (inverted), with 77 / 74 / 76 % vs 77 / 76 / 77 % of the scores written. At 20
+    iterations the score-minus-inverted margin was 0.007 in seed 1."""
     import json
     from pathlib import Path
 
@@ -99,7 +105,7 @@ def test_grpo_gain_comes_from_the_score_reward(tiny_model_dir, synth_train, synt
     warm = SFTTrainer(make_sft_config(tiny_model_dir, synth_train, None, tmp_path / "sft", eval_data=None,
                                       max_steps=60, seed=seed)).train()
     common = dict(model=warm["model_dir"], data=str(synth_train), eval_data=str(synth_eval), stage="scores",
-                  image_area=112 * 112, finetuning="full", learning_rate=5e-4, beta=0.0, max_steps=20, batch_size=4,
+                  image_area=112 * 112, finetuning="full", learning_rate=5e-4, beta=0.0, max_steps=40, batch_size=4,
                   num_generations=8, max_new_tokens=64, report_to="none", progress_bar=False, seed=seed,
                   save_steps=0, logging_steps=1)
     runs = {
@@ -119,17 +125,17 @@ def test_grpo_gain_comes_from_the_score_reward(tiny_model_dir, synth_train, synt
         after[name] = tr.evaluate(num_samples=8, do_sample=True)
         rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
         train_r = [round(r["train/reward_score"], 3) for r in rows if "train/reward_score" in r]
-        assert len(train_r) == 20
+        assert len(train_r) == 40
         print(f"GRPO seed {seed} {name}: held-out {after[name]}; train score reward per iteration {train_r}")
-    print(f"GRPO seed {seed}: held-out score reward before {before['eval/reward_score']:.3f}, after "
-          f"{after['score']['eval/reward_score']:.3f} (score reward) / {after['inverted']['eval/reward_score']:.3f} "
-          f"(inverted)")
+    print(f"GRPO seed {seed}: before {before}")
     gain = after["score"]["eval/reward_score"] - before["eval/reward_score"]
     control = after["inverted"]["eval/reward_score"] - before["eval/reward_score"]
     assert gain > SCORE_MARGIN, (before, after)
-    # same format pressure, opposite score pressure: the score reward ends lower than with the score
-    # reward by more than the margin (the format reward alone also raises it: unread scores count 0)
-    assert gain - control > SCORE_MARGIN, (before, after)
+    # same format pressure, opposite score pressure
+    assert gain - control > CONTROL_MARGIN, (before, after)
+    # ... and on the written scores alone, where writing more of them changes nothing
+    mae = {name: a["eval/score_mae_written"] for name, a in after.items()}
+    assert mae["inverted"] - mae["score"] > MAE_MARGIN, mae
 
 
 def test_grpo_sdg_detector_rewards_and_kl(tiny_qwen3_dir, synth_train, tmp_path):

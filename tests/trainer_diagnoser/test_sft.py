@@ -265,3 +265,20 @@ def test_score_mae_counts_unwritten_scores_as_the_largest_error():
     pred = [Scores(alignment=0.7, aesthetics=None, plausibility=0.3, overall=1.0)]
     # |0.7-0.5| + 1 (unwritten) + 0 ; plausibility has no ground truth
     assert score_mae(pred, gt) == pytest.approx((0.2 + 1.0 + 0.0) / 3)
+
+
+def test_score_mae_written_separates_the_format_from_the_values():
+    import math
+
+    from imagedoctor.core.diagnosis import Scores
+    from imagedoctor.trainer.diagnoser.sft import score_mae_written
+
+    gt = [Scores(alignment=0.5, aesthetics=0.2, plausibility=None, overall=1.0)] * 2
+    pred = [Scores(alignment=0.7, aesthetics=None, plausibility=0.3, overall=1.0),
+            Scores(alignment=None, aesthetics=0.6, plausibility=None, overall=None)]
+    # 6 annotated scores, 3 written: |0.2|, |0.0|, |0.4|; plausibility has no ground truth
+    share, mae = score_mae_written(pred, gt)
+    assert share == pytest.approx(3 / 6) and mae == pytest.approx((0.2 + 0.0 + 0.4) / 3)
+    # writing nothing: the share is 0 and the error undefined (not 0, which would read as perfect)
+    share, mae = score_mae_written([Scores()], gt[:1])
+    assert share == 0.0 and math.isnan(mae)

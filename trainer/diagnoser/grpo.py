@@ -34,6 +34,7 @@ from .config import GRPOConfig
 from .data import Example, batch_order, load_example, target_frame
 from .modeling import prepare_diagnoser
 from .rewards import compute_rewards
+from .sft import score_mae_written
 
 logger = logging.getLogger("imagedoctor.trainer")
 RewardFn = Callable[[Diagnosis, Diagnosis], float]
@@ -244,6 +245,7 @@ class GRPOTrainer(DiagnoserTrainer):
         if not examples:
             return {}
         totals, parts, n = 0.0, {}, 0
+        preds, gts = [], []
         for i in range(0, len(examples), self.cfg.batch_size):
             chunk = list(examples[i : i + self.cfg.batch_size])
             roll = self.rollout(chunk, num_samples, do_sample, seed=self.cfg.seed + 7 + i)
@@ -251,7 +253,14 @@ class GRPOTrainer(DiagnoserTrainer):
             for k, v in roll["parts"].items():
                 parts[k] = parts.get(k, 0.0) + float(np.sum(v))
             n += len(roll["diagnoses"])
-        return {"eval/reward": totals / n, **{f"eval/reward_{k}": v / n for k, v in parts.items()}}
+            preds += [d.scores for d in roll["diagnoses"]]
+            gts += [e.gt.scores for e in chunk for _ in range(num_samples)]
+        out = {"eval/reward": totals / n, **{f"eval/reward_{k}": v / n for k, v in parts.items()}}
+        if self.cfg.format == "imagedoctor":
+            # the values apart from the format: a run that only learns to write scores moves
+            # eval/scores_written, not eval/score_mae_written
+            out["eval/scores_written"], out["eval/score_mae_written"] = score_mae_written(preds, gts)
+        return out
 
     def train(self, resume: str | None = None) -> dict[str, Any]:
         """Run to ``max_steps`` iterations (from a checkpoint when ``resume``); returns
