@@ -78,13 +78,13 @@ def best_of_16(mini) -> dict:
     p_value = binom.sf(hits - 1, POOLS, chance)  # P(>= hits clean picks | picking at random)
     clean = np.array(signals.pop("clean"))
     # how well each output separates clean from damaged images (0.5: not at all), over all 192
-    auc = {name: round(_auc(np.array(v)[clean], np.array(v)[~clean]), 3) for name, v in signals.items()}
+    aucs = {name: round(auc(np.array(v)[clean], np.array(v)[~clean]), 3) for name, v in signals.items()}
     return {"pools": POOLS, "clean_picks": hits, "rate": round(hits / POOLS, 3), "chance": chance,
-            "p_value_vs_random": float(p_value), "clean_vs_damaged_auc": auc,
+            "p_value_vs_random": float(p_value), "clean_vs_damaged_auc": aucs,
             "claim_holds": bool(hits / POOLS >= 2 * chance and p_value < 1e-3)}
 
 
-def _auc(pos, neg) -> float:
+def auc(pos, neg) -> float:
     """P(a random positive ranks above a random negative), ties counting half."""
     from scipy.stats import mannwhitneyu
 

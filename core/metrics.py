@@ -183,6 +183,34 @@ def score_correlations(pred: Any, gt: Any) -> dict[str, Any]:
     return {"per_dim": per_dim, "average": average, "n_images": int(p.shape[0])}
 
 
+def _score_errors(pred: Any, gt: Any) -> np.ndarray:
+    """|pred - gt| over the (image, dimension) pairs with a ground truth, nan where nothing (or a
+    non-finite value) was written; inputs as in `score_correlations`."""
+    p, g = _score_matrix(pred, "pred"), _score_matrix(gt, "gt")
+    if p.shape[0] != g.shape[0]:
+        raise ValueError(f"pred has {p.shape[0]} images but gt has {g.shape[0]}; pass the same images in the same order")
+    return np.abs(p - g)[~np.isnan(g)]  # inf - finite = inf -> treated as unwritten below
+
+
+def score_mae(pred: Any, gt: Any) -> float:
+    """Mean |pred - gt| over every (image, dimension) with a ground truth; a score the model did not
+    write counts as 1 (the largest error in [0, 1]). Unlike PLCC it is defined for constant answers,
+    so it stays stable on a dozen held-out images. nan when nothing is annotated."""
+    err = _score_errors(pred, gt)
+    return float(np.where(np.isfinite(err), err, 1.0).mean()) if err.size else float("nan")
+
+
+def score_mae_written(pred: Any, gt: Any) -> tuple[float, float]:
+    """(share of the annotated scores the model wrote, mean |pred - gt| over those it wrote; nan when
+    it wrote none). Unlike `score_mae`, the error ignores whether a score was written at all, so a
+    run that only learns the format cannot lower it: it measures the values."""
+    err = _score_errors(pred, gt)
+    if not err.size:
+        return float("nan"), float("nan")
+    written = err[np.isfinite(err)]
+    return written.size / err.size, (float(written.mean()) if written.size else float("nan"))
+
+
 # ----------------------------------------------------------------------------------------------
 # heatmaps
 # ----------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def _input_blind_mae(train_dir, eval_dir) -> float:
 
     from imagedoctor.core.data import load_project_dataset
     from imagedoctor.core.diagnosis import Scores
-    from imagedoctor.trainer.diagnoser.sft import score_mae
+    from imagedoctor.core.metrics import score_mae
 
     dims = ("alignment", "aesthetics", "plausibility", "overall")
     train = [s.diagnosis.scores for s in load_project_dataset(train_dir)]
@@ -259,7 +259,7 @@ def test_lr_schedule_steps_stops_a_longer_schedule_early(tiny_model_dir, synth_t
 
 def test_score_mae_counts_unwritten_scores_as_the_largest_error():
     from imagedoctor.core.diagnosis import Scores
-    from imagedoctor.trainer.diagnoser.sft import score_mae
+    from imagedoctor.core.metrics import score_mae
 
     gt = [Scores(alignment=0.5, aesthetics=0.2, plausibility=None, overall=1.0)]
     pred = [Scores(alignment=0.7, aesthetics=None, plausibility=0.3, overall=1.0)]
@@ -271,7 +271,7 @@ def test_score_mae_written_separates_the_format_from_the_values():
     import math
 
     from imagedoctor.core.diagnosis import Scores
-    from imagedoctor.trainer.diagnoser.sft import score_mae_written
+    from imagedoctor.core.metrics import score_mae_written
 
     gt = [Scores(alignment=0.5, aesthetics=0.2, plausibility=None, overall=1.0)] * 2
     pred = [Scores(alignment=0.7, aesthetics=None, plausibility=0.3, overall=1.0),

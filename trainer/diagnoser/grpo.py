@@ -28,13 +28,13 @@ import torch.nn as nn
 from ...core.diagnosis import Diagnosis
 from ...core.formats import parse
 from ...core.generation import generate_batch
+from ...core.metrics import score_mae_written
 from ..common.cli import add_trainer_command
 from .base import DiagnoserTrainer
 from .config import GRPOConfig
 from .data import Example, batch_order, load_example, target_frame
 from .modeling import prepare_diagnoser
 from .rewards import compute_rewards
-from .sft import score_mae_written
 
 logger = logging.getLogger("imagedoctor.trainer")
 RewardFn = Callable[[Diagnosis, Diagnosis], float]

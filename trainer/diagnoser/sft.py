@@ -162,42 +162,12 @@ def param_groups(module: nn.Module, cfg: DiagnoserTrainConfig) -> list[dict[str,
 
 
 # --- evaluation ------------------------------------------------------------------------------
-def _score_errors(pred: Sequence, gt: Sequence) -> list[float | None]:
-    """|pred - gt| for every (image, dimension) with a ground truth; None where nothing was written."""
-    errors: list[float | None] = []
-    for p, g in zip(pred, gt):
-        for k in ("alignment", "aesthetics", "plausibility", "overall"):
-            want, got = getattr(g, k), getattr(p, k)
-            if want is not None:
-                errors.append(None if got is None or not math.isfinite(got) else abs(float(got) - float(want)))
-    return errors
-
-
-def score_mae(pred: Sequence, gt: Sequence) -> float:
-    """Mean |pred - gt| over every (image, dimension) with a ground truth; a score the model did not
-    write counts as 1 (the largest error in [0, 1]). Unlike PLCC it is defined for constant answers,
-    so it stays stable on a dozen held-out images."""
-    errors = [1.0 if e is None else e for e in _score_errors(pred, gt)]
-    return float(np.mean(errors)) if errors else float("nan")
-
-
-def score_mae_written(pred: Sequence, gt: Sequence) -> tuple[float, float]:
-    """(share of the GT-annotated scores the model wrote, mean |pred - gt| over those it wrote; nan
-    when it wrote none). Unlike `score_mae`, the error ignores whether a score was written at all, so
-    a run that only learns the format cannot lower it: it measures the values."""
-    errors = _score_errors(pred, gt)
-    written = [e for e in errors if e is not None]
-    if not errors:
-        return float("nan"), float("nan")
-    return len(written) / len(errors), (float(np.mean(written)) if written else float("nan"))
-
-
 @torch.no_grad()
 def evaluate_sft(dg: Diagnoser, module: DiagnoserSFTModule, examples: Sequence[Example], cfg: SFTConfig,
                  generate: bool = True) -> dict[str, float]:
     """Held-out metrics: teacher-forced CE (and heatmap MSE), heatmap CC of the head's maps against
     the GT (images with non-empty GT), and score PLCC and MAE of greedy generations (when ``generate``)."""
-    from ...core.metrics import heatmap_metrics, score_correlations
+    from ...core.metrics import heatmap_metrics, score_correlations, score_mae
 
     was_training = module.training
     module.eval()
